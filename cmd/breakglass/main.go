@@ -1,0 +1,19 @@
+// Command breakglass recovers a Kubernetes control plane that kubectl can no
+// longer reach, by going around the API server: to etcd directly and to the
+// nodes over SSH.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	d := newDeps()
+	err := newRootCmd(d).ExecuteContext(ctx)
+	stop()
+	os.Exit(reportError(d.ErrOut, err, ctx))
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// commands holds the constructors of the top-level commands. Each command
+// file registers its own in an init function, so adding a command touches
+// no shared file.
+var commands []func(d *Deps) *cobra.Command
+
+func register(f func(d *Deps) *cobra.Command) { commands = append(commands, f) }
+
+// outputFormats are the values -o accepts; each command says which of them
+// it supports with checkOutput.
+var outputFormats = []string{"table", "wide", "json", "yaml", "name"}
+
+func newRootCmd(d *Deps) *cobra.Command {
+	g := &d.Global
+	root := &cobra.Command{
+		Use:   "breakglass",
+		Short: "Recover a Kubernetes control plane that kubectl can no longer reach",
+		Long: `breakglass goes around a saturated Kubernetes API server: it reads and
+writes objects in etcd directly and reaches the nodes over SSH.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 some nodes failed, 4 refused by a
+safety check, 130 cancelled. See docs/exit-codes.md.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("inventory") {
+				g.InventoryExplicit = true
+			} else if env := os.Getenv("BREAKGLASS_INVENTORY"); env != "" {
+				g.Inventory = env
+				g.InventoryExplicit = true
+			}
+			if !contains(outputFormats, g.Output) {
+				return usagef("--output %q: must be one of %s", g.Output, strings.Join(outputFormats, ", "))
+			}
+			if g.Concurrency < 1 {
+				return usagef("--concurrency %d: must be at least 1", g.Concurrency)
+			}
+			if g.Timeout < 0 {
+				return usagef("--timeout %s: must not be negative", g.Timeout)
+			}
+			return nil
+		},
+	}
+	root.SetIn(d.In)
+	root.SetOut(d.Out)
+	root.SetErr(d.ErrOut)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.Inventory, "inventory", "breakglass.yaml", "inventory `file` (env BREAKGLASS_INVENTORY)")
+	pf.StringVarP(&g.Output, "output", "o", "table", "output format: table, wide, json, yaml or name (commands say which they support)")
+	pf.BoolVar(&g.DryRun, "dry-run", false, "show every change without making it")
+	pf.BoolVar(&g.Yes, "yes", false, "do not ask for confirmation")
+	pf.IntVar(&g.Concurrency, "concurrency", defaultConcurrency(), "how many nodes to work on at once")
+	pf.DurationVar(&g.Timeout, "timeout", 30*time.Second, "per-node or per-call timeout (0 means none)")
+	pf.CountVarP(&g.Verbose, "verbose", "v", "more detail on stderr (repeat for more)")
+
+	for _, f := range commands {
+		root.AddCommand(f(d))
+	}
+	return root
+}
+
+// checkOutput returns a usage error if the global -o is not one the command
+// supports.
+func checkOutput(d *Deps, supported ...string) error {
+	if !contains(supported, d.Global.Output) {
+		return usagef("--output %s is not supported here: use one of %s", d.Global.Output, strings.Join(supported, ", "))
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// confirm asks the user to confirm a change unless --yes is set. Without a
+// terminal on stdin it refuses rather than guess.
+func confirm(d *Deps, question string) error {
+	if d.Global.Yes {
+		return nil
+	}
+	if !d.InIsTTY {
+		return &refusedError{fmt.Errorf("%s: not confirmed\nhint: stdin is not a terminal; pass --yes to confirm", question)}
+	}
+	fmt.Fprintf(d.ErrOut, "%s [y/N] ", question)
+	var answer string
+	fmt.Fscanln(d.In, &answer)
+	if a := strings.ToLower(strings.TrimSpace(answer)); a == "y" || a == "yes" {
+		return nil
+	}
+	return &refusedError{fmt.Errorf("%s: not confirmed", question)}
+}
