@@ -51,16 +51,16 @@ func (p *tablePrinter) Table(header []string, rows [][]string) error {
 
 type jsonPrinter struct{ w io.Writer }
 
-func (p *jsonPrinter) Text() bool                     { return false }
+func (p *jsonPrinter) Text() bool                       { return false }
 func (p *jsonPrinter) Table([]string, [][]string) error { return nil }
-func (p *jsonPrinter) Object(v any) error             { return printJSON(p.w, v) }
+func (p *jsonPrinter) Object(v any) error               { return printJSON(p.w, v) }
 
 type yamlPrinter struct {
 	w     io.Writer
 	count int
 }
 
-func (p *yamlPrinter) Text() bool                     { return false }
+func (p *yamlPrinter) Text() bool                       { return false }
 func (p *yamlPrinter) Table([]string, [][]string) error { return nil }
 func (p *yamlPrinter) Object(v any) error {
 	b, err := yaml.Marshal(v)
