@@ -1,0 +1,123 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Probe is what an ordinary kubectl user saw over a series of requests.
+type Probe struct {
+	Phase     string        `json:"phase"`
+	Requests  int           `json:"requests"`
+	OK        int           `json:"ok"`
+	Throttled int           `json:"throttled"` // HTTP 429
+	TimedOut  int           `json:"timedOut"`
+	Failed    int           `json:"failed"` // other errors
+	P50       time.Duration `json:"p50"`
+	Max       time.Duration `json:"max"`
+	// Rejected429 is the API server's own count of 429s so far
+	// (apiserver_request_total{code="429"}).
+	Rejected429 int64 `json:"rejected429"`
+}
+
+// probeAPI sends n GET /api/v1/pods requests as the oncall user, the way a
+// plain `kubectl get pods -A` does, one at a time with a per-request timeout,
+// and without client-go's automatic retries on 429 so that each refusal
+// counts.
+func (l *Lab) probeAPI(ctx context.Context, phase string, n int, timeout time.Duration) (Probe, error) {
+	p := Probe{Phase: phase, Requests: n}
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.State.OncallKubeconfig)
+	if err != nil {
+		return p, err
+	}
+	rt, err := rest.TransportFor(cfg)
+	if err != nil {
+		return p, err
+	}
+	hc := &http.Client{Transport: rt, Timeout: timeout}
+	var lat []time.Duration
+	for i := 0; i < n; i++ {
+		req, _ := http.NewRequestWithContext(ctx, "GET", l.State.APIServer+"/api/v1/pods?limit=500", nil)
+		start := time.Now()
+		resp, err := hc.Do(req)
+		d := time.Since(start)
+		lat = append(lat, d)
+		switch {
+		case ctx.Err() != nil:
+			return p, ctx.Err()
+		case err != nil && isTimeout(err):
+			p.TimedOut++
+		case err != nil:
+			p.Failed++
+		default:
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == http.StatusTooManyRequests:
+				p.Throttled++
+			case resp.StatusCode < 300:
+				p.OK++
+			default:
+				p.Failed++
+			}
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p.P50 = lat[len(lat)/2].Round(time.Millisecond)
+	p.Max = lat[len(lat)-1].Round(time.Millisecond)
+	p.Rejected429, _ = l.apiserver429s(ctx)
+	return p, nil
+}
+
+func isTimeout(err error) bool {
+	type timeout interface{ Timeout() bool }
+	if t, ok := err.(timeout); ok && t.Timeout() {
+		return true
+	}
+	return strings.Contains(err.Error(), "Client.Timeout") || strings.Contains(err.Error(), "deadline exceeded")
+}
+
+// apiserver429s reads apiserver_request_total{code="429"} from /metrics as
+// the admin (system:masters is exempt from the inflight limits, so this
+// answers during the incident).
+func (l *Lab) apiserver429s(ctx context.Context) (int64, error) {
+	c, err := l.client()
+	if err != nil {
+		return 0, err
+	}
+	body, err := c.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var total float64
+	sc := bufio.NewScanner(strings.NewReader(string(body)))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "apiserver_request_total{") && strings.Contains(line, `code="429"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			total += v
+		}
+	}
+	return int64(total), nil
+}
+
+// WriteProbes prints probes as a table.
+func WriteProbes(w io.Writer, probes []Probe) {
+	fmt.Fprintf(w, "%-8s %8s %4s %10s %9s %7s %8s %8s %16s\n", "PHASE", "REQUESTS", "OK", "429", "TIMEOUTS", "ERRORS", "P50", "MAX", "APISERVER-429s")
+	for _, p := range probes {
+		fmt.Fprintf(w, "%-8s %8d %4d %10d %9d %7d %8s %8s %16d\n", p.Phase, p.Requests, p.OK, p.Throttled, p.TimedOut, p.Failed, p.P50, p.Max, p.Rejected429)
+	}
+}

@@ -1,0 +1,87 @@
+// Command telemetry is the lab's copy of the agent behind the December 2024
+// outage: run as a DaemonSet, every pod LISTs pods, nodes and endpoints of
+// the whole cluster in a tight loop, so the API server's load grows with the
+// number of nodes times the size of the cluster.
+//
+// It talks to the API server named by APISERVER (the lab runs it with
+// hostNetwork) with the pod's service-account token.
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+const saDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+func main() {
+	server := os.Getenv("APISERVER")
+	if server == "" {
+		log.Fatal("APISERVER is not set")
+	}
+	workers, _ := strconv.Atoi(os.Getenv("CONCURRENCY"))
+	if workers < 1 {
+		workers = 8
+	}
+	paths := strings.Split(envOr("PATHS", "/api/v1/pods,/api/v1/nodes,/api/v1/endpoints"), ",")
+
+	pool := x509.NewCertPool()
+	if ca, err := os.ReadFile(saDir + "/ca.crt"); err == nil {
+		pool.AppendCertsFromPEM(ca)
+	}
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig:     &tls.Config{RootCAs: pool},
+			MaxIdleConnsPerHost: workers,
+		},
+	}
+	var ok, throttled, failed atomic.Int64
+	for i := 0; i < workers; i++ {
+		go func(i int) {
+			for n := i; ; n++ {
+				// The token is re-read: kubelet rotates projected tokens.
+				token, _ := os.ReadFile(saDir + "/token")
+				req, _ := http.NewRequest("GET", server+paths[n%len(paths)], nil)
+				req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+				req.Header.Set("User-Agent", "telemetry-agent/1.0")
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode == http.StatusTooManyRequests:
+					throttled.Add(1)
+				case resp.StatusCode >= 300:
+					failed.Add(1)
+					time.Sleep(100 * time.Millisecond)
+				default:
+					ok.Add(1)
+				}
+			}
+		}(i)
+	}
+	for range time.Tick(10 * time.Second) {
+		fmt.Printf("telemetry: lists ok=%d throttled=%d failed=%d\n", ok.Load(), throttled.Load(), failed.Load())
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,73 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+)
+
+// sh runs a system tool (ip, mount, nsenter, ...) and returns its trimmed
+// output; a failure carries the tool's own words.
+func sh(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if msg == "" {
+			msg = strings.TrimSpace(out.String())
+		}
+		return out.String(), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, msg)
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+// inHost returns the argv prefix that enters a host's network, mount and UTS
+// namespaces.
+func (h Host) inHost(argv ...string) []string {
+	return append([]string{"nsenter", "--net=/run/netns/" + h.Netns, "--mount=" + h.MountNS, "--uts=" + h.UTSNS, "--"}, argv...)
+}
+
+// shIn runs a command inside a host.
+func shIn(ctx context.Context, h Host, argv ...string) (string, error) {
+	full := h.inHost(argv...)
+	return sh(ctx, full[0], full[1:]...)
+}
+
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(dirOf(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, mode)
+}
+
+func dirOf(p string) string {
+	i := strings.LastIndex(p, "/")
+	if i <= 0 {
+		return "/"
+	}
+	return p[:i]
+}
+
+func requireTools(tools ...string) error {
+	var missing []string
+	for _, t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing tools: %s\nhint: apt-get install containerd runc openssh-server nftables containernetworking-plugins etcd-server etcd-client iproute2 util-linux (or run bash .ci/run once)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+func sortStrings(s []string) { sort.Strings(s) }
