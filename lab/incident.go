@@ -59,6 +59,9 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 	if err != nil {
 		return nil, err
 	}
+	if _, err := c.AppsV1().DaemonSets(TelemetryNamespace).Get(ctx, TelemetryDaemonSet, metav1.GetOptions{}); err == nil {
+		return nil, fmt.Errorf("the overload incident is already running (DaemonSet %s/%s exists)\nhint: run breakglass lab incident reset first", TelemetryNamespace, TelemetryDaemonSet)
+	}
 	res := &OverloadResult{}
 	logf("measuring what kubectl sees before the incident")
 	if res.Before, err = l.probeAPI(ctx, "before", 20, 5*time.Second); err != nil {
@@ -240,6 +243,12 @@ func (l *Lab) Preemption(ctx context.Context, log io.Writer) (*PreemptionResult,
 	if err != nil {
 		return nil, err
 	}
+	if _, err := c.SchedulingV1().PriorityClasses().Get(ctx, "medium", metav1.GetOptions{}); err == nil {
+		return nil, fmt.Errorf("the preemption incident is already running (PriorityClass medium exists)\nhint: run breakglass lab incident reset first")
+	}
+	if _, err := c.CoreV1().Namespaces().Get(ctx, IngesterNamespace, metav1.GetOptions{}); err == nil {
+		return nil, fmt.Errorf("namespace %s exists: the preemption incident ran before and was not reset\nhint: run breakglass lab incident reset (it waits for the namespace to go)", IngesterNamespace)
+	}
 	workers := len(l.State.HostsWithRole("worker"))
 	res := &PreemptionResult{OriginalIngesters: 2 * workers}
 	for _, ns := range []string{IngesterNamespace, NewClusterNS} {
@@ -361,9 +370,12 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(log, "incident: restoring the apiserver's limits")
-	if err := l.setAPIServerFlags(ctx, nil); err != nil {
-		return err
+	cp := l.State.Hosts[0]
+	if cur, _, err := readSpec(specPath(cp, "kube-apiserver")); err != nil || !equalArgv(cur.Argv, apiserverSpec(cp, l.State.Binaries.KubeAPIServer, nil).Argv) {
+		fmt.Fprintln(log, "incident: restoring the apiserver's limits")
+		if err := l.setAPIServerFlags(ctx, nil); err != nil {
+			return err
+		}
 	}
 	fg := metav1.DeletePropagationForeground
 	del := metav1.DeleteOptions{PropagationPolicy: &fg}
@@ -385,6 +397,35 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 			return err
 		}
 	}
+	// Wait for the namespaces to go, so that the incidents can start again.
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, ns := range []string{TelemetryNamespace, IngesterNamespace, NewClusterNS} {
+		for {
+			_, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("namespace %s still terminating after 2m", ns)
+			}
+			if !sleepCtx(ctx, time.Second) {
+				return ctx.Err()
+			}
+		}
+	}
+	fmt.Fprintln(log, "incident: every incident object is gone")
 	l.State.Incidents = nil
 	return l.State.Save()
+}
+
+func equalArgv(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }

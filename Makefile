@@ -1,0 +1,50 @@
+# breakglass: see README.md. Every target works on a fresh Debian machine;
+# the lab targets need root.
+GO       ?= go
+BIN      := bin/breakglass
+LAB_DIR  ?= $(CURDIR)/.lab
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+
+.PHONY: all build test unit bench lab-up lab-down rehearse docs lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/breakglass
+
+# Unit tests everywhere; as root on Linux also the end-to-end tests against
+# one shared lab (brought up once, torn down at the end).
+test: build
+	BIN=$(CURDIR)/$(BIN) LAB_DIR=$(LAB_DIR) bash lab/scripts/test.sh
+
+# Unit tests only, no lab.
+unit:
+	$(GO) test -count=1 ./...
+
+bench: build
+	BIN=$(CURDIR)/$(BIN) bash lab/scripts/bench.sh
+
+lab-up: build
+	$(BIN) lab up --dir $(LAB_DIR)
+
+lab-down: build
+	$(BIN) lab down --dir $(LAB_DIR)
+
+# The main job on a real local cluster: bring the lab up, start the overload
+# incident, show its evidence and what to do next.
+rehearse: build
+	BIN=$(CURDIR)/$(BIN) LAB_DIR=$(LAB_DIR) bash lab/scripts/rehearse.sh
+
+docs: build
+	$(BIN) docs --dir docs/reference
+
+lint:
+	@test -z "$$(gofmt -l cmd etcd lab nodeops recover)" || { gofmt -l cmd etcd lab nodeops recover; echo "gofmt: the files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@2025.1.1 >/dev/null 2>&1; then \
+		PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...; \
+	else echo "lint: staticcheck not installable here, skipped"; fi
+
+clean:
+	rm -rf bin

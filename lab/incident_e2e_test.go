@@ -1,0 +1,78 @@
+package lab_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/breakglass/breakglass/lab"
+	"github.com/breakglass/breakglass/lab/labtest"
+)
+
+// Incidents change the whole lab, so make test runs them on their own after
+// every other lab test, with BREAKGLASS_LAB_INCIDENTS=1.
+func incidentLab(t *testing.T) *lab.Lab {
+	s := labtest.Lab(t)
+	if os.Getenv("BREAKGLASS_LAB_INCIDENTS") != "1" {
+		t.Skip("incident tests run in their own phase of make test (BREAKGLASS_LAB_INCIDENTS=1)")
+	}
+	l, err := lab.Open(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func TestIncidentOverloadSaturatesAPIServer(t *testing.T) {
+	l := incidentLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if err := l.Reset(context.Background(), testLog{t}); err != nil {
+			t.Errorf("reset: %v", err)
+		}
+	})
+	res, err := l.Overload(ctx, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s\n%s", res.Before, res.After)
+	if res.Before.OK < res.Before.Requests-1 {
+		t.Errorf("before the incident only %d of %d requests succeeded", res.Before.OK, res.Before.Requests)
+	}
+	if bad := res.After.Throttled + res.After.TimedOut; bad < res.After.Requests/2 {
+		t.Errorf("after the incident only %d of %d requests were throttled or timed out", bad, res.After.Requests)
+	}
+	if res.After.Rejected429 <= res.Before.Rejected429 {
+		t.Errorf("apiserver 429 count did not grow: %d -> %d", res.Before.Rejected429, res.After.Rejected429)
+	}
+	if want := len(l.State.HostsWithRole("worker")); res.TelemetryPods != want {
+		t.Errorf("%d telemetry pods, want one per worker (%d)", res.TelemetryPods, want)
+	}
+}
+
+func TestIncidentPreemptionCascades(t *testing.T) {
+	l := incidentLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if err := l.Reset(context.Background(), testLog{t}); err != nil {
+			t.Errorf("reset: %v", err)
+		}
+	})
+	res, err := l.Preemption(ctx, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Evicted != res.OriginalIngesters {
+		t.Errorf("%d of %d original ingesters preempted, want all", res.Evicted, res.OriginalIngesters)
+	}
+	if res.PreemptedEvents == 0 {
+		t.Error("no Preempted events")
+	}
+}
