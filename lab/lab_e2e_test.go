@@ -89,7 +89,9 @@ func TestLabDaemonSetRunsInEachWorkersContainerd(t *testing.T) {
 	s := labtest.Lab(t)
 	ns := fmt.Sprintf("lab-ds-%d", time.Now().UnixNano()%100000)
 	kubectl(t, s, "", "create", "namespace", ns)
-	t.Cleanup(func() { exec.Command(s.Binaries.Kubectl, "--kubeconfig", s.Kubeconfig, "delete", "namespace", ns, "--wait=false").Run() })
+	t.Cleanup(func() {
+		exec.Command(s.Binaries.Kubectl, "--kubeconfig", s.Kubeconfig, "delete", "namespace", ns, "--wait=false").Run()
+	})
 	kubectl(t, s, fmt.Sprintf(`apiVersion: apps/v1
 kind: DaemonSet
 metadata: {name: probe, namespace: %s}
