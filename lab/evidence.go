@@ -23,8 +23,10 @@ type Probe struct {
 	Throttled int           `json:"throttled"` // HTTP 429
 	TimedOut  int           `json:"timedOut"`
 	Failed    int           `json:"failed"` // other errors
-	P50       time.Duration `json:"p50"`
-	Max       time.Duration `json:"max"`
+	P50       time.Duration `json:"-"`
+	Max       time.Duration `json:"-"`
+	P50Ms     int64         `json:"p50Ms"`
+	MaxMs     int64         `json:"maxMs"`
 	// Rejected429 is the API server's own count of 429s so far
 	// (apiserver_request_total{code="429"}).
 	Rejected429 int64 `json:"rejected429"`
@@ -76,6 +78,7 @@ func (l *Lab) probeAPI(ctx context.Context, phase string, n int, timeout time.Du
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p.P50 = lat[len(lat)/2].Round(time.Millisecond)
 	p.Max = lat[len(lat)-1].Round(time.Millisecond)
+	p.P50Ms, p.MaxMs = p.P50.Milliseconds(), p.Max.Milliseconds()
 	p.Rejected429, _ = l.apiserver429s(ctx)
 	return p, nil
 }

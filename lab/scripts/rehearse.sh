@@ -30,11 +30,19 @@ set -e
 printf "kubectl took %.1fs\n" "$(echo "$end - $start" | bc 2>/dev/null || echo 0)"
 cat <<EOT
 
-The lab is in the middle of the December 2024 outage. Try next:
-  $BIN --inventory $LAB_DIR/breakglass.yaml lab status
-  $KUBECTL --kubeconfig $LAB_DIR/oncall.kubeconfig get pods -A      # the locked-out operator
-  $KUBECTL --kubeconfig $LAB_DIR/admin.kubeconfig -n telemetry get ds   # system:masters is exempt
-  $BIN lab incident reset --dir $LAB_DIR     # end the incident
-  $BIN lab down --dir $LAB_DIR               # remove the lab
-See docs/lab.md and docs/user-guide.md.
+The lab is in the middle of the December 2024 outage: the oncall user's kubectl
+is locked out. Recover it around the API server:
+
+  export BREAKGLASS_INVENTORY=$LAB_DIR/breakglass.yaml
+  $BIN get daemonsets -A                      # read from etcd: which DaemonSet is new?
+  $BIN count pods nodes endpoints             # how expensive is each LIST?
+  $BIN daemonset pause telemetry/telemetry-agent --dry-run   # the change, as a diff
+  $BIN daemonset pause telemetry/telemetry-agent             # write it (journaled)
+  $BIN get pods -n telemetry                  # the DaemonSet controller removes its pods
+  $KUBECTL --kubeconfig $LAB_DIR/oncall.kubeconfig get pods -A   # kubectl answers again
+  $BIN undo CHANGE-ID                         # put it back, byte for byte
+
+Also: $BIN lab status, $BIN nodes check, $BIN exec -- ctr -n k8s.io containers ls,
+$BIN lab incident reset --dir $LAB_DIR (end the incident),
+$BIN lab down --dir $LAB_DIR (remove the lab). See docs/user-guide.md and docs/lab.md.
 EOT

@@ -29,7 +29,8 @@ run() {
 	passed=$((passed + p)); nfailed=$((nfailed + f)); nskipped=$((nskipped + s))
 	if [ "$s" -gt 0 ]; then
 		echo "   skipped in this phase ($s):"
-		grep -E -A1 '^\s*--- SKIP' "$log" | grep -v -E '^(--|\s*--- SKIP)' | sed 's/^ */     /' | sort | uniq -c | sed 's/^/  /'
+		awk '/^ *=== RUN/ {msg=""} /^ +[A-Za-z0-9_]+_test\.go:[0-9]+: / {msg=$0; sub(/^ +/, "", msg)}
+			/^ *--- SKIP:/ {print "     " $3 ": " msg}' "$log"
 	fi
 	if [ $rc -ne 0 ]; then
 		echo "-- $name failed; its full log:"
