@@ -41,14 +41,18 @@ var hostMounts = []string{
 // machine, so that lab down removes them again.
 const createdDirsFile = runDir + "/created-dirs"
 
-// planHosts names and addresses the hosts: cp-1 at .10, workers from .21.
-func planHosts(dir string, subnet netip.Prefix, workers int) ([]Host, error) {
+// planHosts names and addresses the hosts: cp-1 at .10, workers from .21,
+// sshd-only hosts (role "ssh", for fan-out benchmarks) from .100.
+func planHosts(dir string, subnet netip.Prefix, workers, sshHosts int) ([]Host, error) {
 	base := subnet.Addr()
 	if !base.Is4() || subnet.Bits() > 24 {
 		return nil, fmt.Errorf("subnet %s: want an IPv4 prefix of /24 or larger", subnet)
 	}
-	if workers < 1 || workers > 200 {
-		return nil, fmt.Errorf("--workers %d: must be between 1 and 200", workers)
+	if workers < 1 || workers > 70 {
+		return nil, fmt.Errorf("--workers %d: must be between 1 and 70", workers)
+	}
+	if sshHosts < 0 || sshHosts > 150 {
+		return nil, fmt.Errorf("--ssh-hosts %d: must be between 0 and 150", sshHosts)
 	}
 	addr := func(n int) string {
 		b := base.As4()
@@ -67,6 +71,9 @@ func planHosts(dir string, subnet netip.Prefix, workers int) ([]Host, error) {
 	hosts := []Host{mk("cp-1", []string{"control-plane"}, addr(10))}
 	for i := 1; i <= workers; i++ {
 		hosts = append(hosts, mk(fmt.Sprintf("worker-%d", i), []string{"worker"}, addr(20+i)))
+	}
+	for i := 1; i <= sshHosts; i++ {
+		hosts = append(hosts, mk(fmt.Sprintf("ssh-%d", i), []string{"ssh"}, addr(99+i)))
 	}
 	return hosts, nil
 }

@@ -21,6 +21,9 @@ type Options struct {
 	Dir string
 	// Workers is the number of worker hosts (default 3).
 	Workers int
+	// SSHHosts is the number of extra hosts that run only sshd (role "ssh"),
+	// for fan-out tests and benchmarks.
+	SSHHosts int
 	// Subnet is the lab bridge's IPv4 prefix (default 10.77.0.0/24).
 	Subnet string
 	// CacheDir keeps built binaries and images between runs.
@@ -100,7 +103,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	buildTime := time.Since(start)
 
-	hosts, err := planHosts(opts.Dir, subnet, opts.Workers)
+	hosts, err := planHosts(opts.Dir, subnet, opts.Workers, opts.SSHHosts)
 	if err != nil {
 		return nil, err
 	}

@@ -174,12 +174,12 @@ func TestLabHostsHaveOwnIdentityAndPaths(t *testing.T) {
 		if lines[0] != h.Name {
 			t.Errorf("%s: hostname %q", h.Name, lines[0])
 		}
-		isWorker := len(s.HostsWithRole("worker")) > 0 && h.Roles[0] == "worker"
+		isWorker, isCP := h.Roles[0] == "worker", h.Roles[0] == "control-plane"
 		if got := strings.Contains(out, "containerd\n"); got != isWorker {
 			t.Errorf("%s: containerd socket present=%v, want %v", h.Name, got, isWorker)
 		}
-		if got := strings.Contains(out, "etcd-pki"); got != !isWorker {
-			t.Errorf("%s: etcd pki present=%v, want %v", h.Name, got, !isWorker)
+		if got := strings.Contains(out, "etcd-pki"); got != isCP {
+			t.Errorf("%s: etcd pki present=%v, want %v", h.Name, got, isCP)
 		}
 		if !strings.Contains(out, h.Address+"/") {
 			t.Errorf("%s: eth0 lacks %s:\n%s", h.Name, h.Address, out)

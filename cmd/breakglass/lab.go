@@ -14,6 +14,7 @@ func init() { register(newCmdLab) }
 type labOptions struct {
 	Dir      string
 	Workers  int
+	SSHHosts int
 	Subnet   string
 	CacheDir string
 }
@@ -45,7 +46,7 @@ ready breakglass.yaml inventory into the lab directory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Up(cmd.Context(), lab.Options{
-				Dir: opts.Dir, Workers: opts.Workers, Subnet: opts.Subnet,
+				Dir: opts.Dir, Workers: opts.Workers, SSHHosts: opts.SSHHosts, Subnet: opts.Subnet,
 				CacheDir: opts.CacheDir, Log: d.ErrOut,
 			})
 			if err != nil {
@@ -55,6 +56,7 @@ ready breakglass.yaml inventory into the lab directory.`,
 		},
 	}
 	cmd.Flags().IntVar(&opts.Workers, "workers", 3, "number of worker hosts")
+	cmd.Flags().IntVar(&opts.SSHHosts, "ssh-hosts", 0, "number of extra hosts that run only sshd (role ssh), for fan-out benchmarks")
 	cmd.Flags().StringVar(&opts.Subnet, "subnet", "10.77.0.0/24", "IPv4 `prefix` of the lab bridge")
 	cmd.Flags().StringVar(&opts.CacheDir, "cache-dir", lab.DefaultCacheDir(), "where built binaries are kept between runs")
 	return cmd

@@ -1,0 +1,206 @@
+package lab
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPlanHosts(t *testing.T) {
+	hosts, err := planHosts("/lab", netip.MustParsePrefix("10.77.0.0/24"), 3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ name, role, addr string }{
+		{"cp-1", "control-plane", "10.77.0.10"},
+		{"worker-1", "worker", "10.77.0.21"},
+		{"worker-2", "worker", "10.77.0.22"},
+		{"worker-3", "worker", "10.77.0.23"},
+		{"ssh-1", "ssh", "10.77.0.100"},
+		{"ssh-2", "ssh", "10.77.0.101"},
+	}
+	if len(hosts) != len(want) {
+		t.Fatalf("%d hosts, want %d", len(hosts), len(want))
+	}
+	for i, w := range want {
+		h := hosts[i]
+		if h.Name != w.name || h.Roles[0] != w.role || h.Address != w.addr {
+			t.Errorf("host %d = %s %v %s, want %s %s %s", i, h.Name, h.Roles, h.Address, w.name, w.role, w.addr)
+		}
+		if h.Netns != "bglab-"+w.name || h.Root != "/lab/hosts/"+w.name || !strings.HasPrefix(h.MountNS, nsDir) {
+			t.Errorf("host %s: netns %s root %s mountns %s", h.Name, h.Netns, h.Root, h.MountNS)
+		}
+		if len(vethPrefix+h.Name) > 15 {
+			t.Errorf("host %s: interface name too long", h.Name)
+		}
+	}
+	for _, bad := range []struct {
+		subnet      string
+		workers, ss int
+	}{{"10.77.0.0/25", 3, 0}, {"10.77.0.0/24", 0, 0}, {"10.77.0.0/24", 71, 0}, {"10.77.0.0/24", 3, 151}} {
+		if _, err := planHosts("/lab", netip.MustParsePrefix(bad.subnet), bad.workers, bad.ss); err == nil {
+			t.Errorf("planHosts(%+v): no error", bad)
+		}
+	}
+}
+
+// TestOCIImage reads back the image tarball and checks the layout that
+// ctr images import expects: digests match contents, the name annotation is
+// set, and the layer holds the program.
+func TestOCIImage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img.tar")
+	prog := []byte("#!fake program")
+	if err := writeOCIImage(path, "breakglass.lab/x:1.2", "/x", prog); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	files := map[string][]byte{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		files[h.Name] = b
+	}
+	blob := func(d string) []byte {
+		b, ok := files["blobs/sha256/"+strings.TrimPrefix(d, "sha256:")]
+		if !ok {
+			t.Fatalf("blob %s missing", d)
+		}
+		if got := fmt.Sprintf("sha256:%x", sha256.Sum256(b)); got != d {
+			t.Fatalf("blob %s has digest %s", d, got)
+		}
+		return b
+	}
+	var index struct {
+		Manifests []struct {
+			Digest      string            `json:"digest"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	if err := json.Unmarshal(files["index.json"], &index); err != nil || len(index.Manifests) != 1 {
+		t.Fatalf("index.json: %v %s", err, files["index.json"])
+	}
+	m := index.Manifests[0]
+	if m.Annotations["io.containerd.image.name"] != "breakglass.lab/x:1.2" || m.Annotations["org.opencontainers.image.ref.name"] != "1.2" {
+		t.Errorf("annotations %v", m.Annotations)
+	}
+	var manifest struct {
+		Config struct{ Digest string }   `json:"config"`
+		Layers []struct{ Digest string } `json:"layers"`
+	}
+	json.Unmarshal(blob(m.Digest), &manifest)
+	var config struct {
+		Config struct{ Entrypoint []string } `json:"config"`
+		RootFS struct {
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+	}
+	json.Unmarshal(blob(manifest.Config.Digest), &config)
+	if len(config.Config.Entrypoint) != 1 || config.Config.Entrypoint[0] != "/x" {
+		t.Errorf("entrypoint %v", config.Config.Entrypoint)
+	}
+	if len(manifest.Layers) != 1 || config.RootFS.DiffIDs[0] != manifest.Layers[0].Digest {
+		t.Fatalf("layers %v diff_ids %v", manifest.Layers, config.RootFS.DiffIDs)
+	}
+	lr := tar.NewReader(bytes.NewReader(blob(manifest.Layers[0].Digest)))
+	h, err := lr.Next()
+	if err != nil || h.Name != "x" || h.Mode&0o111 == 0 {
+		t.Fatalf("layer entry %+v %v", h, err)
+	}
+	if b, _ := io.ReadAll(lr); !bytes.Equal(b, prog) {
+		t.Error("layer does not hold the program")
+	}
+}
+
+func TestAPIServerSpecOverrides(t *testing.T) {
+	cp := Host{Name: "cp-1", Address: "10.0.0.10"}
+	base := apiserverSpec(cp, "/bin/kube-apiserver", nil)
+	over := apiserverSpec(cp, "/bin/kube-apiserver", map[string]string{"max-requests-inflight": "4"})
+	if len(base.Argv) != len(over.Argv) {
+		t.Fatalf("override added a flag instead of replacing it")
+	}
+	if !contains(over.Argv, "--max-requests-inflight=4") || contains(over.Argv, "--max-requests-inflight=400") {
+		t.Errorf("override not applied: %v", over.Argv)
+	}
+	if !contains(base.Argv, "--etcd-servers=https://127.0.0.1:2379") || !contains(base.Argv, "--advertise-address=10.0.0.10") {
+		t.Errorf("base flags: %v", base.Argv)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSuperviseRestarts runs the real supervisor on a real process: it
+// restarts the component when it exits and when its spec changes, and stops
+// it when cancelled.
+func TestSuperviseRestarts(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "c.json")
+	marks := filepath.Join(dir, "marks")
+	write := func(tag string, sleep string) {
+		b, _ := json.Marshal(Spec{Argv: []string{"sh", "-c", "echo " + tag + " >> " + marks + "; sleep " + sleep}})
+		tmp := spec + ".tmp"
+		os.WriteFile(tmp, b, 0o644)
+		os.Rename(tmp, spec)
+	}
+	write("a", "0.2") // exits quickly: must be restarted
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var log bytes.Buffer
+	go func() { done <- Supervise(ctx, spec, &safeWriter{w: &log}) }()
+	waitFor(t, func() bool { return strings.Count(readString(marks), "a") >= 2 }, "restart after exit")
+	time.Sleep(10 * time.Millisecond) // a different mtime for the new spec
+	write("b", "60")                  // long-running: must be replaced when the spec changes
+	waitFor(t, func() bool { return strings.Contains(readString(marks), "b") }, "restart on spec change")
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("supervisor did not stop")
+	}
+}
+
+type safeWriter struct{ w io.Writer }
+
+func (s *safeWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
