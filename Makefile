@@ -42,7 +42,7 @@ docs: build
 lint:
 	@test -z "$$(gofmt -l cmd etcd lab nodeops recover)" || { gofmt -l cmd etcd lab nodeops recover; echo "gofmt: the files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	@if command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@2025.1.1 >/dev/null 2>&1; then \
+	@if command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2 >/dev/null 2>&1; then \
 		PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...; \
 	else echo "lint: staticcheck not installable here, skipped"; fi
 

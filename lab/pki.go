@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -168,9 +167,4 @@ contexts:
     user: %s
 current-context: %s@lab
 `, server, b64(caPEM), user, b64(certPEM), b64(keyPEM), user, user, user))
-}
-
-func readFile(path string) []byte {
-	b, _ := os.ReadFile(path)
-	return b
 }
