@@ -12,6 +12,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal cancels the context so that every node and call is
+	// accounted for; after it, a second Ctrl-C kills at once.
+	go func() { <-ctx.Done(); stop() }()
 	d := newDeps()
 	err := newRootCmd(d).ExecuteContext(ctx)
 	stop()
