@@ -1,0 +1,86 @@
+package etcd_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+
+	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/lab"
+	"github.com/breakglass/breakglass/lab/labtest"
+)
+
+// TestLabWriteRacesAPIServer makes a change through the real API server
+// between breakglass's read and its transaction: the compare-and-swap fails,
+// and the write is re-applied onto the new value, losing nothing.
+func TestLabWriteRacesAPIServer(t *testing.T) {
+	st := labtest.Lab(t)
+	kubectl := func(stdin string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(st.Binaries.Kubectl, append([]string{"--kubeconfig", st.Kubeconfig}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	ns := "bg-race-" + hex.EncodeToString(b[:])
+	kubectl("", "create", "namespace", ns)
+	t.Cleanup(func() { kubectl("", "delete", "namespace", ns, "--wait=false") })
+	kubectl(fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","namespace":%q},
+"spec":{"replicas":0,"selector":{"matchLabels":{"app":"web"}},"template":{"metadata":{"labels":{"app":"web"}},
+"spec":{"containers":[{"name":"c","image":%q,"imagePullPolicy":"Never"}]}}}}`, ns, lab.PauseImage), "apply", "-f", "-")
+
+	s, err := etcd.Open(context.Background(), etcd.Config{Endpoints: st.Etcd.Endpoints, CACert: st.Etcd.CACert, Cert: st.Etcd.Cert, Key: st.Etcd.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cli := s.Client()
+	etcd.SetKVForTest(s, &racingKV{KV: cli.KV, cli: cli, race: func(n int) {
+		if n == 1 {
+			kubectl("", "annotate", "deployment", "web", "-n", ns, "raced=by-apiserver")
+		}
+	}})
+	r, _ := s.Layout.Lookup("deployments")
+	j := &recJournal{t: t, cli: cli}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ch, err := s.Update(ctx, r, ns, "web", etcd.Scale(2), etcd.WriteOptions{ID: "race", Op: "scale", Journal: j})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Attempt != 2 || strings.Join(j.events, " ") != "intent:1 conflict:1 intent:2 applied:2" {
+		t.Errorf("attempt %d, journal %v: want the write re-applied once", ch.Attempt, j.events)
+	}
+	o, err := s.GetObject(ctx, r, ns, "web", etcd.Linearizable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := o.Decoded.Object.(*appsv1.Deployment)
+	if *d.Spec.Replicas != 2 || d.Annotations["raced"] != "by-apiserver" {
+		t.Errorf("in etcd: replicas %d annotations %v", *d.Spec.Replicas, d.Annotations)
+	}
+	// The API server agrees.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out := kubectl("", "get", "deployment", "web", "-n", ns, "-o", "jsonpath={.spec.replicas} {.metadata.annotations.raced} {.metadata.resourceVersion}")
+		if out == fmt.Sprintf("2 by-apiserver %d", ch.Revision) || !time.Now().Before(deadline) {
+			if f := strings.Fields(out); len(f) < 2 || f[0] != "2" || f[1] != "by-apiserver" {
+				t.Errorf("API server GET: %q", out)
+			}
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
