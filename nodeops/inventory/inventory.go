@@ -348,3 +348,10 @@ func (inv *Inventory) Roles() []string {
 	sort.Strings(out)
 	return out
 }
+
+// IsSet reports whether the file set key (a path such as "ssh.user"), as
+// opposed to the key taking its default.
+func (inv *Inventory) IsSet(key string) bool {
+	_, ok := inv.lines[key]
+	return ok
+}

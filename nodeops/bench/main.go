@@ -1,0 +1,235 @@
+// Command bench compares breakglass's SSH fan-out with parallel-ssh and
+// Ansible on real sshd nodes, and measures the engine at scale on simulated
+// nodes. It prints tables; `make bench` runs it (as root: sshd needs it).
+//
+//	go run ./nodeops/bench [-real 50] [-sim 5000] [-inflight 512]
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/breakglass/breakglass/nodeops/sshdtest"
+)
+
+func main() {
+	real := flag.Int("real", 50, "real sshd nodes (0 to skip)")
+	sim := flag.Int("sim", 5000, "simulated nodes (0 to skip)")
+	inflight := flag.Int("inflight", 512, "nodes in flight for the simulated runs")
+	latency := flag.Duration("latency", 20*time.Millisecond, "added latency per write in the second simulated run (0 to skip it)")
+	tools := flag.String("tools", "breakglass,parallel-ssh,ansible", "clients compared on the real sshd nodes")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of each simulated run's client to `prefix`-RUN.prof")
+	// The simulated nodes and each simulated run's client are child
+	// processes of the bench, so that each run's memory, goroutines and CPU
+	// are its own.
+	serve := flag.Int("serve-sim", 0, "internal: serve N simulated nodes")
+	client := flag.String("sim-client", "", "internal: run one simulated scenario's client (raw or engine) and print its result")
+	dirFlag := flag.String("dir", "", "internal: the bench's work directory")
+	delay := flag.Duration("delay", 0, "internal: write delay of the simulated nodes")
+	keyFile := flag.String("key", "", "internal: host key file of the simulated nodes")
+	flag.Parse()
+	switch {
+	case *serve > 0:
+		serveSim(*serve, *delay, *keyFile)
+		return
+	case *client != "":
+		simClient(*client, *dirFlag, *sim, *inflight, *cpuprofile)
+		return
+	}
+	dir, err := os.MkdirTemp("", "breakglass-bench-")
+	check(err)
+	defer os.RemoveAll(dir)
+	if *real > 0 {
+		benchReal(dir, *real, strings.Split(*tools, ","))
+	}
+	if *sim > 0 {
+		benchSim(dir, *sim, *inflight, *latency, *cpuprofile)
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// simAddr is the loopback address of simulated node i: 127.88.x.y.
+func simAddr(i int) string { return fmt.Sprintf("127.88.%d.%d", 1+i/250, 1+i%250) }
+
+// realAddr is the loopback address of real sshd node i.
+func realAddr(i int) string { return fmt.Sprintf("127.77.%d.%d", 1+i/250, 1+i%250) }
+
+// childUsage returns user+sys CPU of the waited-for descendants so far.
+func childUsage() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func selfUsage() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+type row struct {
+	tool      string
+	nodes, ok int
+	wall, cpu time.Duration
+}
+
+// runTool runs a client command and measures its wall time and the CPU of
+// its whole process tree (every process it waited for is in RUSAGE_CHILDREN
+// once it is waited for itself).
+func runTool(name string, nodes int, okCount func(out []byte) int, argv []string, env ...string) row {
+	before := childUsage()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	start := time.Now()
+	out, err := cmd.Output()
+	wall := time.Since(start)
+	cpu := childUsage() - before
+	ok := okCount(out)
+	if err != nil && ok == 0 {
+		fmt.Fprintf(os.Stderr, "%s: %v\n%s\n", name, err, out)
+	}
+	return row{tool: name, nodes: nodes, ok: ok, wall: wall, cpu: cpu}
+}
+
+// ansibleOK counts hosts ansible reports as CHANGED or SUCCESS.
+func ansibleOK(out []byte) int {
+	return strings.Count(string(out), " | CHANGED") + strings.Count(string(out), " | SUCCESS")
+}
+
+func countLines(sub string) func([]byte) int {
+	return func(out []byte) int { return strings.Count(string(out), sub) }
+}
+
+func benchReal(dir string, n int, tools []string) {
+	var hosts []string
+	for i := 0; i < n; i++ {
+		hosts = append(hosts, realAddr(i))
+	}
+	fmt.Fprintf(os.Stderr, "starting %d sshd on 127.77.x.y:22...\n", n)
+	fx, err := sshdtest.StartDir(filepath.Join(dir, "sshd"), n, sshdtest.Options{Hosts: hosts})
+	check(err)
+	defer fx.Stop()
+
+	// breakglass, built like a release.
+	bin := filepath.Join(dir, "breakglass")
+	out, err := exec.Command("go", "build", "-o", bin, "./cmd/breakglass").CombinedOutput()
+	if err != nil {
+		check(fmt.Errorf("build breakglass (run from the module root): %v\n%s", err, out))
+	}
+	var inv strings.Builder
+	fmt.Fprintf(&inv, "ssh:\n  user: root\n  identityFiles: [%s]\n  knownHosts: %s\n  config: none\n  agent: false\nnodes:\n", fx.ClientKey, fx.KnownHosts)
+	var pssh, ans strings.Builder
+	ans.WriteString("[nodes]\n")
+	for _, s := range fx.Servers {
+		fmt.Fprintf(&inv, "  - {name: %s, address: %s}\n", s.Name, s.Host)
+		fmt.Fprintf(&pssh, "root@%s\n", s.Host)
+		fmt.Fprintf(&ans, "%s ansible_host=%s\n", s.Name, s.Host)
+	}
+	invFile := filepath.Join(dir, "breakglass.yaml")
+	psshFile := filepath.Join(dir, "pssh-hosts")
+	ansFile := filepath.Join(dir, "ansible-hosts")
+	check(os.WriteFile(invFile, []byte(inv.String()), 0o600))
+	check(os.WriteFile(psshFile, []byte(pssh.String()), 0o600))
+	check(os.WriteFile(ansFile, []byte(ans.String()), 0o600))
+	par := strconv.Itoa(n)
+	sshOpts := fmt.Sprintf("-i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes -o ControlMaster=no", fx.ClientKey, fx.KnownHosts)
+
+	if os.Getenv("BENCH_HOLD") != "" { // TEMP
+		fmt.Println(bin, "--inventory", invFile)
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		return
+	}
+	var rows []row
+	// Warm up sshd (first exec of each binary) and the page cache.
+	exec.Command(bin, "--inventory", invFile, "-o", "json", "exec", "--", "true").Run()
+	for round := 0; round < 3; round++ {
+		rows = append(rows, runTool("breakglass exec", n, countLines(`"status":"ok"`),
+			[]string{bin, "--inventory", invFile, "--concurrency", par, "-o", "json", "exec", "--", "true"}))
+	}
+	if !slices.Contains(tools, "parallel-ssh") {
+	} else if _, err := exec.LookPath("parallel-ssh"); err == nil {
+		for round := 0; round < 3; round++ {
+			rows = append(rows, runTool("parallel-ssh", n, countLines("[SUCCESS]"),
+				[]string{"parallel-ssh", "-h", psshFile, "-p", par, "-t", "60", "-x", sshOpts, "true"}))
+		}
+	} else {
+		fmt.Fprintln(os.Stderr, "parallel-ssh not installed (apt-get install pssh): skipped")
+	}
+	if !slices.Contains(tools, "ansible") {
+	} else if _, err := exec.LookPath("ansible"); err == nil {
+		ansEnv := []string{"ANSIBLE_HOST_KEY_CHECKING=True", "ANSIBLE_SSH_ARGS=" + sshOpts, "ANSIBLE_LOCAL_TEMP=" + filepath.Join(dir, "ansible-tmp"),
+			"ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3", "ANSIBLE_NOCOLOR=1", "ANSIBLE_GATHERING=explicit"}
+		for _, mod := range []string{"raw", "command"} {
+			rows = append(rows, runTool("ansible -m "+mod, n, ansibleOK,
+				[]string{"ansible", "all", "-i", ansFile, "-u", "root", "-f", par, "-m", mod, "-a", "true"}, ansEnv...))
+		}
+	} else {
+		fmt.Fprintln(os.Stderr, "ansible not installed (apt-get install ansible): skipped")
+	}
+
+	// Keep the best of the rounds of each tool (least disturbed by the
+	// other work on the machine).
+	best := map[string]row{}
+	var order []string
+	for _, r := range rows {
+		b, seen := best[r.tool]
+		if !seen {
+			order = append(order, r.tool)
+		}
+		if !seen || r.wall < b.wall {
+			best[r.tool] = r
+		}
+	}
+	bg := best["breakglass exec"]
+	fmt.Printf("\nReal OpenSSH sshd nodes: %d on loopback, command `true`, parallelism %d (best of rounds)\n\n", n, n)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "client\tnodes ok\twall\tclient CPU\tCPU/node\twall vs breakglass\tCPU/node vs breakglass\t")
+	for _, t := range order {
+		r := best[t]
+		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%.2fx\t%.1fx\t\n", r.tool, r.ok, r.nodes, r.wall.Round(time.Millisecond),
+			r.cpu.Round(time.Millisecond), perNode(r.cpu, r.nodes), ratio(r.wall, bg.wall), ratio(r.cpu, bg.cpu))
+	}
+	tw.Flush()
+	if ps, ok := best["parallel-ssh"]; ok {
+		fmt.Printf("\ntargets: client CPU/node <= 1ms: %s (%s); wall no worse than parallel-ssh: %.2fx of it (%s)\n",
+			perNode(bg.cpu, bg.nodes), verdict(float64(bg.cpu)/float64(bg.nodes) <= float64(time.Millisecond)),
+			ratio(bg.wall, ps.wall), verdict(bg.wall <= ps.wall))
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+func perNode(d time.Duration, n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fms", float64(d)/float64(n)/1e6)
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}

@@ -1,0 +1,361 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/fanout"
+	"github.com/breakglass/breakglass/nodeops/simssh"
+	"github.com/breakglass/breakglass/nodeops/sshclient"
+	"github.com/breakglass/breakglass/nodeops/sshdtest"
+)
+
+// serveSim is the helper process: n simulated nodes, one loopback address
+// each, port 2222.
+func serveSim(n int, delay time.Duration, keyFile string) {
+	b, err := os.ReadFile(keyFile)
+	check(err)
+	key, err := ssh.ParsePrivateKey(b)
+	check(err)
+	srv := simssh.New(simssh.Normal, key)
+	srv.WriteDelay = delay
+	for i := 0; i < n; i++ {
+		if _, err := srv.Listen(net.JoinHostPort(simAddr(i), "2222")); err != nil {
+			check(err)
+		}
+	}
+	fmt.Println("ready")
+	// Serve until stdin closes (the parent exits or is done).
+	bufio.NewReader(os.Stdin).ReadString('\n')
+}
+
+// simResult is what one scenario's client process reports (as JSON on its
+// stdout).
+type simResult struct {
+	Name      string        `json:"name"`
+	Nodes     int           `json:"nodes"`
+	OK        int           `json:"ok"`
+	Wall      time.Duration `json:"wall"`
+	CPU       time.Duration `json:"cpu"`
+	PeakRSS   int64         `json:"peak_rss_kib"` // above the baseline before the run
+	PeakG     int           `json:"peak_goroutines"`
+	PeakConns int64         `json:"peak_conns"`
+	FirstErr  string        `json:"first_error,omitempty"`
+}
+
+func (r simResult) rate() float64 { return float64(r.OK) / r.Wall.Seconds() }
+
+func benchSim(dir string, n, inflight int, latency time.Duration, profile string) {
+	keyPath, _, err := sshdtest.WriteKey(filepath.Join(dir, "sim_host_key"))
+	check(err)
+	b, _ := os.ReadFile(keyPath)
+	hostKey, err := ssh.ParsePrivateKey(b)
+	check(err)
+	_, _, err = sshdtest.WriteKey(filepath.Join(dir, "sim_client_key"))
+	check(err)
+	var kh strings.Builder
+	for i := 0; i < n; i++ {
+		addr := net.JoinHostPort(simAddr(i), "2222")
+		fmt.Fprintln(&kh, knownhosts.Line([]string{knownhosts.Normalize(addr)}, hostKey.PublicKey()))
+	}
+	check(os.WriteFile(filepath.Join(dir, "sim_known_hosts"), []byte(kh.String()), 0o600))
+
+	type scenario struct {
+		name    string
+		ceiling simResult // the raw handshakes at the same latency
+		engine  simResult
+	}
+	var scenarios []scenario
+	delays := []time.Duration{0}
+	if latency > 0 {
+		delays = append(delays, latency)
+	}
+	for _, d := range delays {
+		fmt.Fprintf(os.Stderr, "simulated nodes, +%s/write: raw handshakes, engine, raw handshakes...\n", d)
+		stop := startHelper(n, d, keyPath)
+		// The raw ceiling is measured before and after the engine and the
+		// better one kept, so that a burst of other work on the machine
+		// does not flatter the engine.
+		raw1 := runClient("raw", dir, n, inflight, "")
+		prof := ""
+		if profile != "" {
+			prof = fmt.Sprintf("%s-%s.prof", profile, d)
+		}
+		eng := runClient("engine", dir, n, inflight, prof)
+		raw2 := runClient("raw", dir, n, inflight, "")
+		stop()
+		sc := scenario{name: "breakglass engine", ceiling: raw1, engine: eng}
+		if raw2.rate() > raw1.rate() {
+			sc.ceiling = raw2
+		}
+		if d > 0 {
+			sc.name = fmt.Sprintf("breakglass engine, +%s/write", d)
+		}
+		scenarios = append(scenarios, sc)
+	}
+
+	fmt.Printf("\nSimulated nodes: %d x/crypto/ssh servers in a helper process, one loopback address each, %d in flight, command `true`; each run in a fresh client process (%d CPUs)\n\n",
+		n, inflight, runtime.NumCPU())
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "run\tnodes ok\twall\tnodes/s\tvs ceiling\tclient CPU/node\tpeak RSS\tpeak conns\tRSS/conn\tpeak goroutines\t")
+	line := func(name string, r simResult, ceiling float64) {
+		perConn := "-"
+		if r.PeakConns > 0 {
+			perConn = fmt.Sprintf("%.1f KiB", float64(r.PeakRSS)/float64(r.PeakConns))
+		}
+		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%.0f\t%.0f%%\t%s\t%.1f MiB\t%d\t%s\t%d\t\n", name, r.OK, r.Nodes, r.Wall.Round(time.Millisecond),
+			r.rate(), 100*r.rate()/ceiling, perNode(r.CPU, r.Nodes), float64(r.PeakRSS)/1024, r.PeakConns, perConn, r.PeakG)
+	}
+	for _, sc := range scenarios {
+		c := sc.ceiling.rate()
+		line(sc.name, sc.engine, c)
+		raw := "raw x/crypto/ssh handshakes (ceiling)"
+		if sc.name != "breakglass engine" {
+			raw = "raw handshakes, " + strings.TrimPrefix(sc.name, "breakglass engine, ")
+		}
+		line(raw, sc.ceiling, c)
+	}
+	tw.Flush()
+	e, c := scenarios[0].engine, scenarios[0].ceiling
+	perConn := float64(e.PeakRSS) / float64(max(e.PeakConns, 1))
+	fmt.Printf("\ntargets: >= 1500 nodes/s: %.0f (%s; the raw ceiling of this machine in this run is %.0f/s); within 80%% of the ceiling: %.0f%% (%s); RSS/conn < 64 KiB: %.1f KiB (%s)\n",
+		e.rate(), verdict(e.rate() >= 1500), c.rate(), 100*e.rate()/c.rate(), verdict(e.rate() >= 0.8*c.rate()), perConn, verdict(perConn < 64))
+}
+
+// startHelper starts the simulated nodes in another process and returns a
+// function that stops it.
+func startHelper(n int, delay time.Duration, key string) func() {
+	self, err := os.Executable()
+	check(err)
+	cmd := exec.Command(self, "-serve-sim", strconv.Itoa(n), "-delay", delay.String(), "-key", key)
+	stdin, err := cmd.StdinPipe()
+	check(err)
+	stdout, err := cmd.StdoutPipe()
+	check(err)
+	cmd.Stderr = os.Stderr
+	check(cmd.Start())
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		check(fmt.Errorf("simulated nodes did not start: %q %v", line, err))
+	}
+	return func() { stdin.Close(); cmd.Wait() }
+}
+
+// runClient runs one scenario's client in a fresh process.
+func runClient(mode, dir string, n, inflight int, profile string) simResult {
+	self, err := os.Executable()
+	check(err)
+	cmd := exec.Command(self, "-sim-client", mode, "-dir", dir, "-sim", strconv.Itoa(n), "-inflight", strconv.Itoa(inflight), "-cpuprofile", profile)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	check(err)
+	var r simResult
+	check(json.Unmarshal(out, &r))
+	if r.OK < r.Nodes {
+		fmt.Fprintf(os.Stderr, "%s: %d of %d nodes not ok; first error: %s\n", mode, r.Nodes-r.OK, r.Nodes, r.FirstErr)
+	}
+	return r
+}
+
+// simClient is the client process of one scenario: "raw" (a plain
+// x/crypto/ssh loop: the ceiling) or "engine" (fanout and sshclient).
+func simClient(mode, dir string, n, inflight int, profile string) {
+	var targets []nodeops.Target
+	for i := 0; i < n; i++ {
+		targets = append(targets, nodeops.Target{Name: fmt.Sprintf("sim%05d", i), Address: simAddr(i), Port: 2222})
+	}
+	clientKey := filepath.Join(dir, "sim_client_key")
+	var run func() (ok int, firstErr string)
+	var conns func() int64
+	switch mode {
+	case "raw":
+		run, conns = rawHandshakes(targets, inflight, clientKey, filepath.Join(dir, "sim_host_key.pub"))
+	case "engine":
+		c, err := sshclient.New(sshclient.Options{User: "root", IdentityFiles: []string{clientKey},
+			KnownHosts: []string{filepath.Join(dir, "sim_known_hosts")}})
+		check(err)
+		if k := os.Getenv("BENCH_KEX"); k != "" { // TEMP
+			c, err = sshclient.New(sshclient.Options{User: "root", IdentityFiles: []string{clientKey},
+				KnownHosts: []string{filepath.Join(dir, "sim_known_hosts")}, KeyExchanges: []string{k}})
+			check(err)
+		}
+		defer c.Close()
+		run = func() (int, string) {
+			res := fanout.RunCommand(context.Background(), c, targets, nodeops.Command{Line: "true"},
+				fanout.Options{Concurrency: inflight, Timeout: time.Minute})
+			ok, first := 0, ""
+			for _, r := range res {
+				if r.Status == nodeops.StatusOK {
+					ok++
+				} else if first == "" {
+					first = fmt.Sprintf("%s: %v", r.Target.Name, r.Err)
+				}
+			}
+			return ok, first
+		}
+		conns = func() int64 { _, peak := c.OpenConnections(); return peak }
+	default:
+		check(fmt.Errorf("-sim-client %q: raw or engine", mode))
+	}
+
+	runtime.GC()
+	baseRSS := procStatus("VmRSS")
+	var peakG atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if g := int64(runtime.NumGoroutine()); g > peakG.Load() {
+				peakG.Store(g)
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	if profile != "" {
+		f, err := os.Create(profile)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+	}
+	cpu0 := selfUsage()
+	start := time.Now()
+	if os.Getenv("BENCH_MEM") != "" { // TEMP
+		runtime.MemProfileRate = 4096
+		time.AfterFunc(1500*time.Millisecond, func() {
+			hf, _ := os.Create("/tmp/bgwork/inuse-" + mode + ".prof")
+			pprof.Lookup("heap").WriteTo(hf, 0)
+			hf.Close()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			fmt.Fprintf(os.Stderr, "%s mid: heapinuse %d MiB heapalloc %d stackinuse %d MiB goroutines %d conns %d\n", mode, ms.HeapInuse>>20, ms.HeapAlloc>>20, ms.StackInuse>>20, runtime.NumGoroutine(), conns())
+		})
+	}
+	ok, firstErr := run()
+	wall := time.Since(start)
+	cpu := selfUsage() - cpu0
+	if profile != "" {
+		pprof.StopCPUProfile()
+	}
+	close(stop)
+	wg.Wait()
+	if os.Getenv("BENCH_MEM") != "" { // TEMP
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		hf, _ := os.Create("/tmp/bgwork/heap-" + mode + ".prof")
+		pprof.Lookup("allocs").WriteTo(hf, 0)
+		hf.Close()
+		fmt.Fprintf(os.Stderr, "%s: heapsys %d MiB stacksys %d MiB numgc %d pause %v\n", mode, ms.HeapSys>>20, ms.StackSys>>20, ms.NumGC, time.Duration(ms.PauseTotalNs))
+	}
+	r := simResult{Name: mode, Nodes: n, OK: ok, Wall: wall, CPU: cpu, PeakRSS: procStatus("VmHWM") - baseRSS,
+		PeakG: int(peakG.Load()), PeakConns: conns(), FirstErr: firstErr}
+	check(json.NewEncoder(os.Stdout).Encode(r))
+}
+
+// rawHandshakes is the ceiling: plain x/crypto/ssh connection setups (dial,
+// key exchange, auth, one session running `true`, close) with no engine
+// around them, at the same parallelism and with the library's default
+// algorithms, as the engine uses.
+func rawHandshakes(targets []nodeops.Target, inflight int, keyFile, hostKeyFile string) (func() (int, string), func() int64) {
+	b, err := os.ReadFile(keyFile)
+	check(err)
+	signer, err := ssh.ParsePrivateKey(b)
+	check(err)
+	b, err = os.ReadFile(hostKeyFile)
+	check(err)
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	check(err)
+	cfg := &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(hostKey), Timeout: 10 * time.Second}
+	if k := os.Getenv("BENCH_KEX"); k != "" { // TEMP
+		cfg.KeyExchanges = []string{k}
+	}
+	var open, peak atomic.Int64
+	run := func() (int, string) {
+		var next, ok atomic.Int64
+		var firstErr atomic.Value
+		var wg sync.WaitGroup
+		for w := 0; w < inflight; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= len(targets) {
+						return
+					}
+					// ssh.Dial, with the connection counted from the TCP
+					// connect as the engine counts its own.
+					addr := net.JoinHostPort(targets[i].Address, "2222")
+					nc, err := net.DialTimeout("tcp", addr, cfg.Timeout)
+					if err != nil {
+						firstErr.CompareAndSwap(nil, err.Error())
+						continue
+					}
+					if n := open.Add(1); n > peak.Load() {
+						peak.Store(n) // racy max: close enough for a gauge
+					}
+					sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+					if err != nil {
+						firstErr.CompareAndSwap(nil, err.Error())
+						nc.Close()
+						open.Add(-1)
+						continue
+					}
+					c := ssh.NewClient(sc, chans, reqs)
+					if s, err := c.NewSession(); err == nil {
+						if s.Run("true") == nil {
+							ok.Add(1)
+						}
+					}
+					c.Close()
+					open.Add(-1)
+				}
+			}()
+		}
+		wg.Wait()
+		first, _ := firstErr.Load().(string)
+		return int(ok.Load()), first
+	}
+	return run, func() int64 { return peak.Load() }
+}
+
+// procStatus returns a KiB field of /proc/self/status.
+func procStatus(field string) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
