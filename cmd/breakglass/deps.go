@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"os"
 	"runtime"
@@ -9,7 +10,10 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/inventory"
+	"github.com/breakglass/breakglass/nodeops/sshclient"
 )
 
 // Deps carries what commands share: the streams, a clock, the global options
@@ -34,6 +38,27 @@ type Deps struct {
 	invOnce sync.Once
 	inv     *inventory.Inventory
 	invErr  error
+
+	// nodeops (issue 4)
+	// NewRunner builds the SSH runner a command uses to reach nodes (default
+	// sshclient.New); tests replace it with a fake or lab endpoints.
+	NewRunner func(opts sshclient.Options) (NodeRunner, error)
+	// NodeSource, if set, lists the cluster's Node objects without the API
+	// server (from etcd), to complete the inventory (--nodes-source etcd).
+	NodeSource func(ctx context.Context) (nodeops.NodeSource, error)
+
+	// etcd (issue 3)
+	// EtcdFlags are the connection and journal flags of the etcd commands.
+	EtcdFlags EtcdFlags
+	// OpenEtcd connects to etcd (etcd.Open when nil); tests point it
+	// elsewhere. Use Etcd(), which resolves the settings and caches the store.
+	OpenEtcd func(ctx context.Context, cfg etcd.Config) (*etcd.Store, error)
+	// EtcdTunnel returns a dialer through SSH to a control-plane node, for
+	// the inventory's etcd.tunnel (wired by nodeops; nil: no tunnel support).
+	EtcdTunnel func(ctx context.Context, inv *inventory.Inventory, node string) (etcd.DialFunc, error)
+	etcdOnce   sync.Once
+	etcdStore  *etcd.Store
+	etcdErr    error
 }
 
 // GlobalOptions are the flags every command shares.

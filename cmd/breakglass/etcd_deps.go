@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/nodeops/inventory"
+	"github.com/breakglass/breakglass/recover/journal"
+)
+
+// EtcdFlags are the flags of the commands that use etcd. Flags override the
+// ETCDCTL_* environment, which overrides the inventory, which overrides
+// kubeadm's default paths.
+type EtcdFlags struct {
+	Endpoints  []string
+	CACert     string
+	Cert       string
+	Key        string
+	Prefix     string
+	Consistent bool
+	Journal    string
+}
+
+// addEtcdFlags adds the connection flags to an etcd command.
+func addEtcdFlags(cmd *cobra.Command, d *Deps) {
+	f := cmd.Flags()
+	e := &d.EtcdFlags
+	f.StringSliceVar(&e.Endpoints, "endpoints", nil, "etcd endpoints, comma-separated (env ETCDCTL_ENDPOINTS, inventory etcd.endpoints)")
+	f.StringVar(&e.CACert, "cacert", "", "CA `file` of etcd's serving certificate (env ETCDCTL_CACERT)")
+	f.StringVar(&e.Cert, "cert", "", "client certificate `file` (env ETCDCTL_CERT)")
+	f.StringVar(&e.Key, "key", "", "client key `file` (env ETCDCTL_KEY)")
+	f.StringVar(&e.Prefix, "etcd-prefix", "", "the API server's --etcd-prefix (default /registry; OpenShift: /kubernetes.io)")
+}
+
+// addJournalFlag adds --journal to a command that writes.
+func addJournalFlag(cmd *cobra.Command, d *Deps) {
+	cmd.Flags().StringVar(&d.EtcdFlags.Journal, "journal", "", "journal `file` (default $XDG_STATE_HOME/breakglass/journal.jsonl)")
+}
+
+// etcdConfig resolves the connection settings: flags, then ETCDCTL_*, then
+// the inventory, then kubeadm's defaults when run on a control-plane node.
+func (d *Deps) etcdConfig(ctx context.Context) (etcd.Config, error) {
+	f := d.EtcdFlags
+	cfg := etcd.Config{Endpoints: f.Endpoints, CACert: f.CACert, Cert: f.Cert, Key: f.Key, Prefix: f.Prefix, CallTimeout: d.Global.Timeout}
+	if len(f.Endpoints) > 0 {
+		cfg.Source = "flags"
+	}
+	cfg = cfg.Merge(etcd.ConfigFromEnv(os.Getenv))
+	inv, err := d.Inventory()
+	if err != nil {
+		return cfg, err
+	}
+	ie := inv.Etcd
+	fromInv := etcd.Config{Endpoints: ie.Endpoints, CACert: ie.CACert, Cert: ie.Cert, Key: ie.Key, Prefix: ie.Prefix, DialTimeout: ie.DialTimeout.Duration}
+	if len(ie.Endpoints) > 0 {
+		fromInv.Source = "inventory " + inv.Path
+	}
+	cfg = cfg.Merge(fromInv)
+	if len(cfg.Endpoints) == 0 {
+		if k, ok := etcd.KubeadmDefaults(); ok {
+			cfg = cfg.Merge(k)
+		}
+	}
+	// The tunnel applies when the endpoints are the inventory's own (flags
+	// and ETCDCTL_* name endpoints reachable from here).
+	if ie.Tunnel != "" && cfg.Source == fromInv.Source {
+		dial, err := d.etcdTunnel(ctx, inv, ie.Tunnel)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Dial = dial
+		cfg.Source += " through SSH to " + ie.Tunnel
+	}
+	return cfg, nil
+}
+
+func (d *Deps) etcdTunnel(ctx context.Context, inv *inventory.Inventory, node string) (etcd.DialFunc, error) {
+	if d.EtcdTunnel == nil {
+		return nil, fmt.Errorf("inventory %s: etcd.tunnel %q: this build cannot tunnel to etcd over SSH\nhint: pass --endpoints reachable from here, or run breakglass on the control-plane node", inv.Path, node)
+	}
+	dial, err := d.EtcdTunnel(ctx, inv, node)
+	if err != nil {
+		return nil, fmt.Errorf("etcd tunnel through %s: %w", node, err)
+	}
+	return dial, nil
+}
+
+// Etcd connects to etcd on first use and returns the store.
+func (d *Deps) Etcd(ctx context.Context) (*etcd.Store, error) {
+	d.etcdOnce.Do(func() {
+		cfg, err := d.etcdConfig(ctx)
+		if err != nil {
+			d.etcdErr = err
+			return
+		}
+		if d.Global.Verbose > 0 {
+			fmt.Fprintf(d.ErrOut, "etcd: %s (from %s), prefix %s\n", strings.Join(cfg.Endpoints, ","), cfg.Source, etcd.NewLayout(cfg.Prefix).Prefix)
+		}
+		open := d.OpenEtcd
+		if open == nil {
+			open = etcd.Open
+		}
+		d.etcdStore, d.etcdErr = open(ctx, cfg)
+	})
+	return d.etcdStore, d.etcdErr
+}
+
+// openJournal opens the journal named by --journal or the default one.
+func (d *Deps) openJournal() (*journal.Journal, error) {
+	path := d.EtcdFlags.Journal
+	if path == "" {
+		path = journal.DefaultPath()
+	}
+	return journal.Open(path, d.Now)
+}
+
+// journalPath is the journal file undo reads.
+func (d *Deps) journalPath() string {
+	if d.EtcdFlags.Journal != "" {
+		return d.EtcdFlags.Journal
+	}
+	return journal.DefaultPath()
+}
+
+// objectRef parses NS/NAME (or NAME for a cluster-scoped resource, or NAME
+// with -n NS).
+func objectRef(r etcd.Resource, arg, namespace string) (ns, name string, err error) {
+	if a, b, ok := strings.Cut(arg, "/"); ok {
+		if !r.Namespaced {
+			return "", "", usagef("%s is cluster-scoped: give NAME, not %s", r.GroupResource(), arg)
+		}
+		if a == "" || b == "" || strings.Contains(b, "/") {
+			return "", "", usagef("%q: want NAMESPACE/NAME", arg)
+		}
+		return a, b, nil
+	}
+	if r.Namespaced {
+		if namespace == "" {
+			return "", "", usagef("%s is namespaced: give NAMESPACE/NAME or -n NAMESPACE", r.GroupResource())
+		}
+		return namespace, arg, nil
+	}
+	return "", arg, nil
+}
+
+// changeWire is the JSON output of a write (type "change").
+type changeWire struct {
+	Type           string `json:"type"`
+	ID             string `json:"id,omitempty"`
+	Op             string `json:"op"`
+	Resource       string `json:"resource"`
+	Namespace      string `json:"namespace,omitempty"`
+	Name           string `json:"name"`
+	Key            string `json:"key"`
+	Summary        string `json:"summary"`
+	DryRun         bool   `json:"dryRun,omitempty"`
+	Unchanged      bool   `json:"unchanged,omitempty"`
+	BeforeRevision int64  `json:"beforeRevision"`
+	Revision       int64  `json:"revision,omitempty"`
+	Attempts       int    `json:"attempts,omitempty"`
+	Diff           string `json:"diff,omitempty"`
+	Journal        string `json:"journal,omitempty"`
+	Undoes         string `json:"undoes,omitempty"`
+}
+
+// runWrite is the common shape of every etcd write command: compute the
+// change without writing it, show it, ask, then make it (journaled, CAS),
+// and print what happened.
+func runWrite(ctx context.Context, d *Deps, question string, do func(o etcd.WriteOptions) (*etcd.Change, error), op, undoes string) error {
+	s, err := d.Etcd(ctx)
+	if err != nil {
+		return err
+	}
+	p := newPrinter(d.Out, d.Global.Output)
+	plan, err := do(etcd.WriteOptions{DryRun: true})
+	if errors.Is(err, etcd.ErrNoChange) {
+		return printChange(d, p, plan, op, undoes, "", true, false)
+	}
+	if err != nil {
+		return err
+	}
+	if d.Global.DryRun {
+		return printChange(d, p, plan, op, undoes, "", false, true)
+	}
+	if d.Global.Verbose > 0 || (!d.Global.Yes && d.InIsTTY) {
+		fmt.Fprint(d.ErrOut, s.Codec.DiffChange(plan))
+	}
+	if err := confirm(d, fmt.Sprintf("%s (%s)?", question, plan.Summary)); err != nil {
+		return err
+	}
+	j, err := d.openJournal()
+	if err != nil {
+		return err
+	}
+	id := journal.NewID(d.Now())
+	var jr etcd.Journal = j.ForEtcd(undoes)
+	ch, err := do(etcd.WriteOptions{ID: id, Op: op, Journal: jr})
+	if errors.Is(err, etcd.ErrNoChange) {
+		return printChange(d, p, ch, op, undoes, "", true, false)
+	}
+	if err != nil {
+		return err
+	}
+	ch.ID = id
+	return printChange(d, p, ch, op, undoes, j.Path(), false, false)
+}
+
+func printChange(d *Deps, p Printer, c *etcd.Change, op, undoes, journalPath string, unchanged, dryRun bool) error {
+	s, _ := d.Etcd(context.Background())
+	w := changeWire{Type: "change", ID: c.ID, Op: op, Resource: c.Resource.GroupResource(), Namespace: c.Namespace, Name: c.Name, Key: c.Key,
+		Summary: c.Summary, DryRun: dryRun, Unchanged: unchanged, BeforeRevision: c.BeforeRevision, Revision: c.Revision, Attempts: c.Attempt,
+		Journal: journalPath, Undoes: undoes}
+	if dryRun && s != nil {
+		w.Diff = s.Codec.DiffChange(c)
+	}
+	if !p.Text() {
+		return p.Object(w)
+	}
+	ref := c.Name
+	if c.Namespace != "" {
+		ref = c.Namespace + "/" + c.Name
+	}
+	switch {
+	case unchanged:
+		fmt.Fprintf(d.Out, "%s %s: unchanged (%s)\n", c.Resource.GroupResource(), ref, "already as wanted")
+	case dryRun:
+		fmt.Fprintf(d.Out, "%s %s: %s (dry run, nothing written)\n", c.Resource.GroupResource(), ref, c.Summary)
+		fmt.Fprint(d.Out, w.Diff)
+	default:
+		fmt.Fprintf(d.Out, "%s %s: %s\nchange %s at revision %d (undo: breakglass undo %s)\n", c.Resource.GroupResource(), ref, c.Summary, c.ID, c.Revision, c.ID)
+		if c.Attempt > 1 {
+			fmt.Fprintf(d.ErrOut, "note: the object changed while writing; re-applied onto the new value (attempt %d)\n", c.Attempt)
+		}
+	}
+	return nil
+}
