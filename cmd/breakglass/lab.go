@@ -31,7 +31,7 @@ OpenSSH sshd, containerd and kubelet. It needs root. See docs/lab.md.`,
 	}
 	cmd.PersistentFlags().StringVar(&opts.Dir, "dir", ".lab", "lab `directory` (holds lab.json, the inventory, keys and logs)")
 	cmd.AddCommand(newCmdLabUp(d, opts), newCmdLabDown(d, opts), newCmdLabStatus(d, opts),
-		newCmdLabIncident(d, opts), newCmdLabSupervise())
+		newCmdLabIncident(d, opts), newCmdLabBuild(d, opts), newCmdLabSupervise())
 	return cmd
 }
 

@@ -55,6 +55,11 @@ if ! why=$(lab_possible); then
 	run unit "$GO" test -count=1 -v ./...
 else
 	"$BIN" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || true
+	echo "== building the lab's Kubernetes binaries (cached after the first run)"
+	if ! "$BIN" lab build >/dev/null; then
+		echo "building the Kubernetes binaries failed"
+		exit 1
+	fi
 	run crashed-lab-up BREAKGLASS_LAB_CRASH_TEST=1 BREAKGLASS_BIN="$BIN" \
 		"$GO" test -count=1 -v -timeout 15m -run 'TestLabDownAfterCrashedUp' ./lab/
 	"$BIN" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || true
