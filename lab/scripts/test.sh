@@ -49,11 +49,13 @@ lab_possible() {
 	return 0
 }
 
+why=""
 if ! why=$(lab_possible); then
 	echo "NOTE: the end-to-end lab tests are SKIPPED: $why."
 	echo "      Run make test as root on Linux to run them against a real cluster."
 	run unit "$GO" test -count=1 -v ./...
 else
+	why=""
 	"$BIN" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || true
 	echo "== building the lab's Kubernetes binaries (cached after the first run)"
 	if ! "$BIN" lab build >/dev/null; then
@@ -85,5 +87,8 @@ else
 fi
 rm -rf "$LOG_DIR"
 echo
+if [ -n "${why:-}" ]; then
+	echo "NOTE: end-to-end lab tests were skipped: $why."
+fi
 echo "$passed passed, $nfailed failed, $nskipped skipped"
 exit $failed
