@@ -174,7 +174,7 @@ func (c *Codec) decode(key string, value []byte, modRevision int64, metaOnly boo
 	case EncodingEncrypted:
 		return nil, &DecodeError{Key: key, Encoding: enc, Provider: encryptionProvider(value)}
 	case EncodingUnknown:
-		return nil, &DecodeError{Key: key, Encoding: enc, Err: errors.New("not protobuf (k8s\\x00), JSON, CBOR or k8s:enc:")}
+		return nil, &DecodeError{Key: key, Encoding: enc, Err: errors.New("not protobuf (k8s\\x00), JSON, CBOR or an encrypted (k8s:enc) value")}
 	case EncodingProtobuf:
 		d, err = c.decodeProtobuf(value, metaOnly)
 	case EncodingJSON:

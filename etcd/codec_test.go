@@ -17,7 +17,6 @@ import (
 var (
 	podGVK    = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
 	deployGVK = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
-	dsGVK     = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"}
 )
 
 func testPod(ns, name, node string, labels map[string]string) *corev1.Pod {

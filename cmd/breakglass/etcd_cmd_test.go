@@ -264,6 +264,9 @@ func TestScaleUndoCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("undo: exit %d %s", code, errOut)
 	}
+	if !strings.Contains(out, "restore previous value of "+key) {
+		t.Errorf("undo output does not say what it restored: %q", out)
+	}
 	if !bytes.Equal(e.value(t, key), orig) {
 		t.Error("undo did not restore the exact previous bytes")
 	}
