@@ -37,7 +37,9 @@ refused (host key changed or unknown, authentication or sudo refused) or
 cancelled. A summary with the counts and the slowest nodes follows.
 
 Output: -o table (default) or wide prints one row per node; -o json prints
-one JSON object per node ("type":"node_result") and a final "summary".
+one JSON object per node ("type":"node_result") as soon as that node ends
+(so in the order nodes end, each node exactly once), then a final
+"summary"; -o yaml prints the nodes in selection order at the end.
 
 Exit codes: 0 every node ok, 1 error, 2 usage, 3 some nodes not ok,
 130 cancelled (every node is still reported).`,
@@ -118,29 +120,65 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 		bar = newProgress(d.ErrOut, "exec", len(nodes))
 		onEvent = bar.event
 	}
+	// -o json streams each node's line as soon as the node ends (in the
+	// order nodes end, each exactly once), so that a consumer sees the
+	// first results of a long run without waiting for the slowest node.
+	var stream *execStream
+	if d.Global.Output == "json" {
+		stream = &execStream{p: newPrinter(d.Out, "json"), next: onEvent}
+		onEvent = stream.event
+	}
 	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: opts.command}, fanoutOptions(d, &opts.ssh, onEvent))
 	if bar != nil {
 		bar.clear()
 	}
 	sum := fanout.Summarize(results, opts.slowest)
-	if err := printExecResults(d, results, sum); err != nil {
+	if stream != nil {
+		if stream.err != nil {
+			return stream.err
+		}
+		if err := stream.p.Object(summaryOf(sum)); err != nil {
+			return err
+		}
+	} else if err := printExecResults(d, results, sum); err != nil {
 		return err
 	}
 	printHints(d.ErrOut, results)
 	return finishRun(ctx, "exec", sum)
 }
 
+// execStream prints a node_result line for each node as it ends. Fan-out
+// events are serialised, so it needs no lock.
+type execStream struct {
+	p    Printer
+	next func(fanout.Event) // the progress bar, if any
+	err  error              // the first write error
+}
+
+func (s *execStream) event(e fanout.Event) {
+	if s.next != nil {
+		s.next(e)
+	}
+	if e.Result != nil && s.err == nil {
+		s.err = s.p.Object(execResultOf(*e.Result))
+	}
+}
+
+func execResultOf(r fanout.Result) execResult {
+	w := execResult{Type: "node_result", Node: r.Target.Name, Address: r.Target.Address, Status: string(r.Status),
+		Reason: r.Reason, ExitCode: r.ExitCode, DurationMS: ms(r.Duration), Attempts: r.Attempts,
+		Stdout: string(r.Output.Stdout), Stderr: string(r.Output.Stderr), Truncated: r.Output.Truncated}
+	if r.Err != nil {
+		w.Error = r.Err.Error()
+	}
+	return w
+}
+
 func printExecResults(d *Deps, results []fanout.Result, sum fanout.Summary) error {
 	p := newPrinter(d.Out, d.Global.Output)
 	if !p.Text() {
 		for _, r := range results {
-			w := execResult{Type: "node_result", Node: r.Target.Name, Address: r.Target.Address, Status: string(r.Status),
-				Reason: r.Reason, ExitCode: r.ExitCode, DurationMS: ms(r.Duration), Attempts: r.Attempts,
-				Stdout: string(r.Output.Stdout), Stderr: string(r.Output.Stderr), Truncated: r.Output.Truncated}
-			if r.Err != nil {
-				w.Error = r.Err.Error()
-			}
-			if err := p.Object(w); err != nil {
+			if err := p.Object(execResultOf(r)); err != nil {
 				return err
 			}
 		}

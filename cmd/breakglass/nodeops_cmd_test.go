@@ -100,13 +100,15 @@ func TestExecCommand(t *testing.T) {
 	if len(lines) != 5 || lines[4]["type"] != "summary" {
 		t.Fatalf("want 4 node_result and a summary:\n%s", out)
 	}
-	for i, want := range []string{"node1", "node2", "node3", "gone"} {
-		if lines[i]["type"] != "node_result" || lines[i]["node"] != want {
-			t.Errorf("line %d: %v", i, lines[i])
+	// Streamed as nodes end: any order, each node exactly once.
+	byNode := resultsByNode(t, lines[:4])
+	for _, want := range []string{"node1", "node2", "node3", "gone"} {
+		if byNode[want] == nil {
+			t.Errorf("no line for %s:\n%s", want, out)
 		}
 	}
-	if lines[3]["status"] != "unreachable" || lines[4]["unreachable"] != float64(1) || lines[4]["ok"] != float64(3) {
-		t.Errorf("gone: %v / %v", lines[3], lines[4])
+	if byNode["gone"]["status"] != "unreachable" || lines[4]["unreachable"] != float64(1) || lines[4]["ok"] != float64(3) {
+		t.Errorf("gone: %v / %v", byNode["gone"], lines[4])
 	}
 	if !strings.Contains(errOut, "hint: ") {
 		t.Errorf("no hint on stderr:\n%s", errOut)
@@ -119,6 +121,77 @@ func TestExecCommand(t *testing.T) {
 	out, errOut, code = runArgs(t, "--inventory", inv, "--dry-run", "exec", "--nodes", "role=control-plane", "--", "reboot")
 	if code != 0 || !strings.Contains(out, "node1") || strings.Contains(out, "node2") {
 		t.Errorf("dry run: %d\n%s%s", code, out, errOut)
+	}
+}
+
+// resultsByNode indexes node_result lines by node and fails on a node
+// reported twice.
+func resultsByNode(t *testing.T, lines []map[string]any) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	for _, l := range lines {
+		name, _ := l["node"].(string)
+		if l["type"] != "node_result" || out[name] != nil {
+			t.Errorf("unexpected or repeated line: %v", l)
+		}
+		out[name] = l
+	}
+	return out
+}
+
+// TestExecJSONStreams checks that -o json prints a node's line when that
+// node ends, not when the run ends: the fast nodes' lines are on stdout
+// while the slow node still runs.
+func TestExecJSONStreams(t *testing.T) {
+	fx := sshdtest.Start(t, 3, sshdtest.Options{})
+	inv := writeInventory(t, fx)
+	bin := filepath.Join(t.TempDir(), "breakglass")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	release := filepath.Join(t.TempDir(), "release")
+	// node3 waits until the test has seen the other two lines (at most
+	// 30s: if the lines only come at the end, it gives up and says so).
+	line := fmt.Sprintf(`i=0; case "$SSH_CONNECTION" in *" %d") while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done;; esac; [ $i -lt 600 ] && echo done || echo gave up`,
+		fx.Servers[2].Port, release)
+	cmd := exec.Command(bin, "--inventory", inv, "-o", "json", "exec", "--", line)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	var lines []map[string]any
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("not JSON: %q", sc.Text())
+		}
+		lines = append(lines, m)
+		if len(lines) == 2 {
+			// Both fast nodes are out while node3 is still held.
+			got := resultsByNode(t, lines)
+			if got["node1"] == nil || got["node2"] == nil {
+				t.Fatalf("first lines are not the fast nodes: %v", lines)
+			}
+			if err := os.WriteFile(release, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exec: %v\n%s", err, errOut.String())
+	}
+	if len(lines) != 4 || lines[3]["type"] != "summary" || lines[3]["ok"] != float64(3) {
+		t.Fatalf("want 3 node_result lines then the summary: %v", lines)
+	}
+	if got := resultsByNode(t, lines[:3]); got["node3"]["stdout"] != "done\n" {
+		t.Errorf("node3: %v", got["node3"])
 	}
 }
 

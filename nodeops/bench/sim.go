@@ -84,6 +84,7 @@ func benchSim(dir string, n, inflight int, latency time.Duration, profile string
 		engine  simResult
 	}
 	var scenarios []scenario
+	var reuse simResult
 	delays := []time.Duration{0}
 	if latency > 0 {
 		delays = append(delays, latency)
@@ -101,6 +102,12 @@ func benchSim(dir string, n, inflight int, latency time.Duration, profile string
 		}
 		eng := runClient("engine", dir, n, inflight, prof)
 		raw2 := runClient("raw", dir, n, inflight, "")
+		if d == 0 {
+			// What an open connection costs when it stays open: with
+			// reuse on (a runbook's later steps), every node's connection
+			// is still idle in the pool at the end.
+			reuse = runClient("engine-reuse", dir, n, inflight, "")
+		}
 		stop()
 		sc := scenario{name: "breakglass engine", ceiling: raw1, engine: eng}
 		if raw2.rate() > raw1.rate() {
@@ -133,11 +140,16 @@ func benchSim(dir string, n, inflight int, latency time.Duration, profile string
 		}
 		line(raw, sc.ceiling, c)
 	}
+	line("breakglass engine, reuse on (all kept open)", reuse, scenarios[0].ceiling.rate())
 	tw.Flush()
 	e, c := scenarios[0].engine, scenarios[0].ceiling
 	perConn := float64(e.PeakRSS) / float64(max(e.PeakConns, 1))
-	fmt.Printf("\ntargets: >= 1500 nodes/s: %.0f (%s; the raw ceiling of this machine in this run is %.0f/s); within 80%% of the ceiling: %.0f%% (%s); RSS/conn < 64 KiB: %.1f KiB (%s)\n",
-		e.rate(), verdict(e.rate() >= 1500), c.rate(), 100*e.rate()/c.rate(), verdict(e.rate() >= 0.8*c.rate()), perConn, verdict(perConn < 64))
+	idle := float64(reuse.PeakRSS) / float64(max(reuse.PeakConns, 1))
+	fmt.Printf("\ntargets: >= 1500 nodes/s: %.0f (%s; the raw ceiling of this machine in this run is %.0f/s)\n"+
+		"         within 80%% of the ceiling: %.0f%% (%s)\n"+
+		"         RSS/conn < 64 KiB: %.1f KiB per connection in flight (%s; raw x/crypto/ssh: %.1f KiB), %.1f KiB per open idle connection (%s)\n",
+		e.rate(), verdict(e.rate() >= 1500), c.rate(), 100*e.rate()/c.rate(), verdict(e.rate() >= 0.8*c.rate()),
+		perConn, verdict(perConn < 64), float64(c.PeakRSS)/float64(max(c.PeakConns, 1)), idle, verdict(idle < 64))
 }
 
 // startHelper starts the simulated nodes in another process and returns a
@@ -176,7 +188,8 @@ func runClient(mode, dir string, n, inflight int, profile string) simResult {
 }
 
 // simClient is the client process of one scenario: "raw" (a plain
-// x/crypto/ssh loop: the ceiling) or "engine" (fanout and sshclient).
+// x/crypto/ssh loop: the ceiling), "engine" (fanout and sshclient, as
+// exec uses them) or "engine-reuse" (the same, keeping connections).
 func simClient(mode, dir string, n, inflight int, profile string) {
 	var targets []nodeops.Target
 	for i := 0; i < n; i++ {
@@ -188,15 +201,10 @@ func simClient(mode, dir string, n, inflight int, profile string) {
 	switch mode {
 	case "raw":
 		run, conns = rawHandshakes(targets, inflight, clientKey, filepath.Join(dir, "sim_host_key.pub"))
-	case "engine":
+	case "engine", "engine-reuse":
 		c, err := sshclient.New(sshclient.Options{User: "root", IdentityFiles: []string{clientKey},
-			KnownHosts: []string{filepath.Join(dir, "sim_known_hosts")}})
+			KnownHosts: []string{filepath.Join(dir, "sim_known_hosts")}, ReuseConnections: mode == "engine-reuse"})
 		check(err)
-		if k := os.Getenv("BENCH_KEX"); k != "" { // TEMP
-			c, err = sshclient.New(sshclient.Options{User: "root", IdentityFiles: []string{clientKey},
-				KnownHosts: []string{filepath.Join(dir, "sim_known_hosts")}, KeyExchanges: []string{k}})
-			check(err)
-		}
 		defer c.Close()
 		run = func() (int, string) {
 			res := fanout.RunCommand(context.Background(), c, targets, nodeops.Command{Line: "true"},
@@ -244,17 +252,6 @@ func simClient(mode, dir string, n, inflight int, profile string) {
 	}
 	cpu0 := selfUsage()
 	start := time.Now()
-	if os.Getenv("BENCH_MEM") != "" { // TEMP
-		runtime.MemProfileRate = 4096
-		time.AfterFunc(1500*time.Millisecond, func() {
-			hf, _ := os.Create("/tmp/bgwork/inuse-" + mode + ".prof")
-			pprof.Lookup("heap").WriteTo(hf, 0)
-			hf.Close()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			fmt.Fprintf(os.Stderr, "%s mid: heapinuse %d MiB heapalloc %d stackinuse %d MiB goroutines %d conns %d\n", mode, ms.HeapInuse>>20, ms.HeapAlloc>>20, ms.StackInuse>>20, runtime.NumGoroutine(), conns())
-		})
-	}
 	ok, firstErr := run()
 	wall := time.Since(start)
 	cpu := selfUsage() - cpu0
@@ -263,14 +260,6 @@ func simClient(mode, dir string, n, inflight int, profile string) {
 	}
 	close(stop)
 	wg.Wait()
-	if os.Getenv("BENCH_MEM") != "" { // TEMP
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		hf, _ := os.Create("/tmp/bgwork/heap-" + mode + ".prof")
-		pprof.Lookup("allocs").WriteTo(hf, 0)
-		hf.Close()
-		fmt.Fprintf(os.Stderr, "%s: heapsys %d MiB stacksys %d MiB numgc %d pause %v\n", mode, ms.HeapSys>>20, ms.StackSys>>20, ms.NumGC, time.Duration(ms.PauseTotalNs))
-	}
 	r := simResult{Name: mode, Nodes: n, OK: ok, Wall: wall, CPU: cpu, PeakRSS: procStatus("VmHWM") - baseRSS,
 		PeakG: int(peakG.Load()), PeakConns: conns(), FirstErr: firstErr}
 	check(json.NewEncoder(os.Stdout).Encode(r))
@@ -291,9 +280,6 @@ func rawHandshakes(targets []nodeops.Target, inflight int, keyFile, hostKeyFile 
 	check(err)
 	cfg := &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
 		HostKeyCallback: ssh.FixedHostKey(hostKey), Timeout: 10 * time.Second}
-	if k := os.Getenv("BENCH_KEX"); k != "" { // TEMP
-		cfg.KeyExchanges = []string{k}
-	}
 	var open, peak atomic.Int64
 	run := func() (int, string) {
 		var next, ok atomic.Int64
@@ -342,6 +328,43 @@ func rawHandshakes(targets []nodeops.Target, inflight int, keyFile, hostKeyFile 
 		return int(ok.Load()), first
 	}
 	return run, func() int64 { return peak.Load() }
+}
+
+// plainClient runs `true` on every real sshd node listed in file (the
+// client key, the known_hosts file, then root@HOST lines), all at once,
+// with x/crypto/ssh and nothing around it, and prints "ok" per node.
+func plainClient(file string) {
+	b, err := os.ReadFile(file)
+	check(err)
+	lines := strings.Fields(string(b))
+	kb, err := os.ReadFile(lines[0])
+	check(err)
+	signer, err := ssh.ParsePrivateKey(kb)
+	check(err)
+	hk, err := knownhosts.New(lines[1])
+	check(err)
+	cfg := &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: hk, Timeout: 10 * time.Second}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, h := range lines[2:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := ssh.Dial("tcp", net.JoinHostPort(strings.TrimPrefix(h, "root@"), "22"), cfg)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return
+			}
+			defer c.Close()
+			s, err := c.NewSession()
+			if err == nil && s.Run("true") == nil {
+				mu.Lock()
+				fmt.Println("ok")
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // procStatus returns a KiB field of /proc/self/status.

@@ -30,6 +30,10 @@ const (
 	StallSession
 	// Hang runs commands that never finish.
 	Hang
+	// NoKeepalive runs commands like Normal but never answers a global
+	// request (keepalive@openssh.com): a peer that is gone while its TCP
+	// connection is not.
+	NoKeepalive
 )
 
 // Server serves one or more listeners in one mode.
@@ -167,7 +171,14 @@ func (s *Server) handle(c net.Conn) {
 		return
 	}
 	defer sc.Close()
-	go ssh.DiscardRequests(reqs)
+	if s.Mode == NoKeepalive {
+		go func() {
+			for range reqs { // read, never answered
+			}
+		}()
+	} else {
+		go ssh.DiscardRequests(reqs)
+	}
 	for nc := range chans {
 		if s.Mode == StallSession {
 			continue // never answered

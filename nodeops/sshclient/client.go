@@ -86,7 +86,7 @@ func (c *Client) Close() error {
 		delete(c.idle, k)
 	}
 	for k, j := range c.jumps {
-		if j.conn != nil {
+		if j.ready.Load() && j.conn != nil {
 			j.conn.Close()
 		}
 		delete(c.jumps, k)
@@ -307,6 +307,8 @@ type tailBuffer struct {
 	limit   int
 	buf     []byte
 	dropped bool
+	// small holds short outputs without another allocation.
+	small [256]byte
 }
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
@@ -323,9 +325,12 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 // for each: 64 KiB per node for commands that mostly print nothing.
 func (t *tailBuffer) ReadFrom(r io.Reader) (int64, error) {
 	var n int64
+	if cap(t.buf) == 0 {
+		t.buf = t.small[:0]
+	}
 	for {
 		if len(t.buf) == cap(t.buf) {
-			// Grow from small: most commands print little or nothing.
+			// Grow gradually: most commands print little.
 			t.buf = slices.Grow(t.buf, max(512, min(cap(t.buf), t.limit)))
 		}
 		m, err := r.Read(t.buf[len(t.buf):cap(t.buf)])
@@ -344,10 +349,17 @@ func (t *tailBuffer) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
+// Bytes returns the tail. Short outputs are copied out of the inline
+// array, so that a result does not keep the whole buffer alive.
 func (t *tailBuffer) Bytes() []byte {
-	if len(t.buf) > t.limit {
+	switch {
+	case len(t.buf) > t.limit:
 		t.dropped = true
 		return t.buf[len(t.buf)-t.limit:]
+	case len(t.buf) == 0:
+		return nil
+	case cap(t.buf) == len(t.small):
+		return bytes.Clone(t.buf)
 	}
 	return t.buf
 }
@@ -366,7 +378,7 @@ func (c *Client) JumpConnections() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, j := range c.jumps {
-		if j.conn != nil && !j.conn.closed.Load() {
+		if j.ready.Load() && j.conn != nil && !j.conn.closed.Load() {
 			n++
 		}
 	}

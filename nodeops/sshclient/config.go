@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,12 +72,6 @@ type Options struct {
 	// OutputLimit is how many bytes of the tail of stdout and of stderr are
 	// kept (default 64 KiB).
 	OutputLimit int
-
-	// KeyExchanges, if set, are the key exchange algorithms offered, in
-	// order of preference (default: x/crypto/ssh's, which put the
-	// post-quantum hybrid mlkem768x25519-sha256 first and curve25519-sha256
-	// second; OpenSSH before 9.9 negotiates the latter).
-	KeyExchanges []string
 
 	// Logf, if set, receives debug lines.
 	Logf func(format string, a ...any)
@@ -194,35 +189,47 @@ func loadSSHConfig(path string) (*sshConfig, error) {
 	return &sshConfig{cfg: cfg}, nil
 }
 
-// get returns key for the first of aliases that has it.
+// catchAll is a host name no Host pattern names: what it gets is what the
+// catch-all blocks (Host *) give every host.
+const catchAll = "\x00breakglass-no-such-host"
+
+// get returns key for the first of aliases that a block other than a
+// catch-all sets it for, else the catch-all's value: so that with
+// "Host 10.2.0.*" and "Host *" blocks, a node named db-7 at 10.2.0.7 gets
+// the address block's value, not the catch-all's that its name matched.
+// (A name block that sets the same value as the catch-all counts as not
+// setting it.)
 func (c *sshConfig) get(key string, aliases ...string) string {
 	if c.cfg == nil {
 		return ""
 	}
+	def, _ := c.cfg.Get(catchAll, key)
 	for _, a := range aliases {
 		if a == "" {
 			continue
 		}
-		if v, err := c.cfg.Get(a, key); err == nil && v != "" {
+		if v, err := c.cfg.Get(a, key); err == nil && v != "" && v != def {
 			return v
 		}
 	}
-	return ""
+	return def
 }
 
+// getAll is get for keys that take several values (IdentityFile).
 func (c *sshConfig) getAll(key string, aliases ...string) []string {
 	if c.cfg == nil {
 		return nil
 	}
+	def, _ := c.cfg.GetAll(catchAll, key)
 	for _, a := range aliases {
 		if a == "" {
 			continue
 		}
-		if v, err := c.cfg.GetAll(a, key); err == nil && len(v) > 0 {
+		if v, err := c.cfg.GetAll(a, key); err == nil && len(v) > 0 && !slices.Equal(v, def) {
 			return v
 		}
 	}
-	return nil
+	return def
 }
 
 // resolve turns a target into an endpoint. Precedence: the node's own user

@@ -134,7 +134,6 @@ func (c *Client) handshake(ctx context.Context, e *endpoint, nc net.Conn) (*conn
 	known := c.hk.known(addr)
 	var hkErr error
 	cfg := &ssh.ClientConfig{
-		Config:            ssh.Config{KeyExchanges: c.opts.KeyExchanges},
 		User:              e.user,
 		Auth:              c.auth.methods(e.identities),
 		HostKeyAlgorithms: algorithms(known),
@@ -239,7 +238,15 @@ type jumpConn struct {
 	once sync.Once
 	conn *conn
 	err  error
-	sem  chan struct{}
+	// ready is set once conn and err are: only then may other goroutines
+	// read them without going through once.
+	ready atomic.Bool
+	sem   chan struct{}
+}
+
+// dead reports whether j's connection was made and has closed since.
+func (j *jumpConn) dead() bool {
+	return j.ready.Load() && j.conn != nil && j.conn.closed.Load()
 }
 
 // jump returns the connection to the last of chain, each hop reached
@@ -253,7 +260,7 @@ func (c *Client) jump(ctx context.Context, node string, chain []*endpoint) (*jum
 	}
 	c.mu.Lock()
 	j := c.jumps[key]
-	if j == nil || (j.conn != nil && j.conn.closed.Load()) {
+	if j == nil || j.dead() {
 		j = &jumpConn{sem: make(chan struct{}, c.opts.JumpHandshakes)}
 		c.jumps[key] = j
 	}
@@ -267,6 +274,7 @@ func (c *Client) jump(ctx context.Context, node string, chain []*endpoint) (*jum
 			j.err = &nodeops.Error{Node: last.name, Phase: nodeops.PhaseDial, Status: nodeops.StatusUnreachable,
 				Reason: "jump-host", Err: j.err, Hint: "every node behind this jump host is unreachable until it answers"}
 		}
+		j.ready.Store(true)
 	})
 	if j.err != nil {
 		c.mu.Lock()

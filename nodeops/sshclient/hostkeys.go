@@ -1,8 +1,6 @@
 package sshclient
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -48,18 +46,7 @@ func (hk *hostKeys) load() error {
 		hk.db = nil
 		return nil
 	}
-	// probe is a key that is in no known_hosts file: checking it against
-	// the lines that need pattern matching returns the keys they hold for
-	// a host.
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return err
-	}
-	probe, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		return err
-	}
-	db, err := loadKnownHosts(existing, probe)
+	db, err := loadKnownHosts(existing)
 	if err != nil {
 		return fmt.Errorf("known_hosts: %w\nhint: fix or remove the line named above", err)
 	}

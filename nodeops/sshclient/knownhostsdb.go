@@ -3,6 +3,8 @@ package sshclient
 import (
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -33,15 +35,16 @@ type knownHostsDB struct {
 	// revoked are the @revoked keys, by plainKeyBlob, as knownhosts checks
 	// them before any line.
 	revoked map[string]knownhosts.KnownKey
-	// patterned matches the lines that need pattern matching (nil if none).
+	// patterned is knownhosts over the lines that need pattern matching
+	// and the @revoked ones (nil if none): it also checks host
+	// certificates, which this index does not.
 	patterned ssh.HostKeyCallback
-	// all is knownhosts over the whole files: it validated them, and checks
-	// host certificates (@cert-authority), which this index does not.
-	all ssh.HostKeyCallback
 	// files maps a temporary file name back to the known_hosts file whose
 	// patterned lines it holds, so that errors name the real file.
 	files map[string]string
 	order map[string]int // file name -> position, for file order
+	// probe is a key that is in no known_hosts file: checking it against
+	// patterned returns the keys its lines hold for a host.
 	probe ssh.PublicKey
 }
 
@@ -49,14 +52,13 @@ type hostPort struct{ host, port string }
 
 // loadKnownHosts reads the files (all must exist). The whole files are
 // validated by knownhosts.New first, so they are accepted or rejected
-// exactly as before, with its error messages.
-func loadKnownHosts(files []string, probe ssh.PublicKey) (*knownHostsDB, error) {
-	all, err := knownhosts.New(files...)
-	if err != nil {
+// exactly as before, with its error messages; that copy is not kept.
+func loadKnownHosts(files []string) (*knownHostsDB, error) {
+	if _, err := knownhosts.New(files...); err != nil {
 		return nil, err
 	}
 	db := &knownHostsDB{plain: map[hostPort][]knownhosts.KnownKey{}, revoked: map[string]knownhosts.KnownKey{},
-		all: all, files: map[string]string{}, order: map[string]int{}, probe: probe}
+		files: map[string]string{}, order: map[string]int{}}
 	var temps []string
 	defer func() {
 		for _, t := range temps {
@@ -87,7 +89,15 @@ func loadKnownHosts(files []string, probe ssh.PublicKey) (*knownHostsDB, error) 
 		db.files[tmp.Name()] = f
 	}
 	if len(temps) > 0 {
+		var err error
 		if db.patterned, err = knownhosts.New(temps...); err != nil {
+			return nil, err
+		}
+		pub, _, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		if db.probe, err = ssh.NewPublicKey(pub); err != nil {
 			return nil, err
 		}
 	}
@@ -126,7 +136,9 @@ func (db *knownHostsDB) read(f string) ([]byte, error) {
 }
 
 // index records line n of file f if it needs no pattern matching, and
-// reports whether it did (blank lines and comments count as done).
+// reports whether it is done with it (blank lines and comments are). A
+// @revoked line is recorded and also left to knownhosts, which checks
+// certificates against it.
 func (db *knownHostsDB) index(line []byte, f string, n int) bool {
 	fields := strings.Fields(string(line))
 	if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
@@ -151,7 +163,7 @@ func (db *knownHostsDB) index(line []byte, f string, n int) bool {
 	switch marker {
 	case "@revoked":
 		db.revoked[plainKeyBlob(key)] = kk
-		return true
+		return false
 	case "":
 	default:
 		return false // @cert-authority: knownhosts matches those
@@ -228,7 +240,11 @@ func (db *knownHostsDB) lookup(addr string) ([]knownhosts.KnownKey, error) {
 // of the known ones.
 func (db *knownHostsDB) check(addr string, remote net.Addr, key ssh.PublicKey, known []knownhosts.KnownKey) error {
 	if _, ok := key.(*ssh.Certificate); ok {
-		return db.all(addr, remote, key)
+		if db.patterned == nil {
+			// What knownhosts says with no @cert-authority line.
+			return fmt.Errorf("ssh: no authorities for hostname: %v", addr)
+		}
+		return db.patterned(addr, remote, key)
 	}
 	if r, ok := db.revoked[plainKeyBlob(key)]; ok {
 		return &knownhosts.RevokedError{Revoked: r}

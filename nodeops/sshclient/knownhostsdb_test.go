@@ -54,7 +54,7 @@ func TestKnownHostsIndexMatchesKnownhosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := loadKnownHosts(files, keys["stranger"])
+	db, err := loadKnownHosts(files)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestKnownHostsIndexRejectsWhatKnownhostsRejects(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "known_hosts")
 	os.WriteFile(f, []byte("host.example ssh-ed25519 not-base64!\n"), 0o600)
 	_, werr := knownhosts.New(f)
-	_, err := loadKnownHosts([]string{f}, simssh.NewHostKey().PublicKey())
+	_, err := loadKnownHosts([]string{f})
 	if werr == nil || err == nil || werr.Error() != err.Error() {
 		t.Fatalf("got %v, want %v", err, werr)
 	}
@@ -114,7 +114,7 @@ func BenchmarkKnownHostsLookup(b *testing.B) {
 	}
 	f := filepath.Join(b.TempDir(), "known_hosts")
 	os.WriteFile(f, []byte(sb.String()), 0o600)
-	db, err := loadKnownHosts([]string{f}, simssh.NewHostKey().PublicKey())
+	db, err := loadKnownHosts([]string{f})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ type Server struct {
 	Port    int
 	HostKey ssh.PublicKey
 	Config  string
+	mu      sync.Mutex // guards cmd: a test may kill a server while Stop runs
 	cmd     *exec.Cmd
 	dir     string
 }
@@ -154,9 +156,11 @@ func (fx *Fixture) start(s *Server, extra string) error {
 		return err
 	}
 	s.Config = filepath.Join(s.dir, "sshd_config")
+	// The fixture's key file first, then the user's own, which is where
+	// tests that log in as other users put the key.
 	cfg := fmt.Sprintf(`ListenAddress %s
 HostKey %s
-AuthorizedKeysFile %s
+AuthorizedKeysFile %s .ssh/authorized_keys
 PidFile none
 UsePAM no
 StrictModes no
@@ -185,6 +189,8 @@ LogLevel ERROR
 // Kill kills the server and every process it started (its sessions), as
 // when a node dies.
 func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
