@@ -37,6 +37,9 @@ var hostMounts = []string{
 	"/run/netns",
 }
 
+// rootShellFiles are hidden inside every host (see createHost).
+var rootShellFiles = []string{"/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login"}
+
 // createdDirsFile records the mount points lab up had to create on the
 // machine, so that lab down removes them again.
 const createdDirsFile = runDir + "/created-dirs"
@@ -163,6 +166,16 @@ func createHost(ctx context.Context, h Host, subnet netip.Prefix) error {
 	fmt.Fprintf(&script, "set -e\nhostname %s\n", h.Name)
 	for _, m := range hostMounts {
 		fmt.Fprintf(&script, "mount --bind %s %s\n", shQuote(filepath.Join(h.Root, m)), m)
+	}
+	// Root's shell start-up files belong to the machine, not to the host:
+	// an SSH command on a lab host runs a plain shell, as on a fresh node
+	// (the machine's .bashrc may run slow or locking tools at every login).
+	rc := filepath.Join(h.Root, "root-shell-rc")
+	if err := os.WriteFile(rc, []byte("# lab host "+h.Name+": no shell start-up\n"), 0o644); err != nil {
+		return err
+	}
+	for _, f := range rootShellFiles {
+		fmt.Fprintf(&script, "if [ -f %[1]s ]; then mount --bind %[2]s %[1]s; fi\n", f, shQuote(rc))
 	}
 	script.WriteString("mount --make-rshared /\n")
 	_, err := sh(ctx, "unshare", "--mount="+h.MountNS, "--uts="+h.UTSNS, "--propagation", "private", "sh", "-c", script.String())
