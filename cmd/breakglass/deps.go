@@ -83,6 +83,7 @@ func newDeps() *Deps {
 		ErrIsTTY:      term.IsTerminal(int(os.Stderr.Fd())),
 		Now:           time.Now,
 		LoadInventory: loadInventory,
+		EtcdTunnel:    sshEtcdTunnel,
 	}
 }
 

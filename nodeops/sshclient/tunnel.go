@@ -1,0 +1,56 @@
+package sshclient
+
+import (
+	"context"
+	"net"
+	"sync"
+
+	"github.com/breakglass/breakglass/nodeops"
+)
+
+// DialThrough returns a dial function that opens TCP connections from node t,
+// as direct-tcpip channels over one SSH connection to it: how breakglass
+// reaches etcd on a control-plane node's loopback address. The connection is
+// made on first use, with the client's host-key checks and phase deadlines,
+// shared by every later dial, and made again if it dies.
+func (c *Client) DialThrough(t nodeops.Target) func(ctx context.Context, addr string) (net.Conn, error) {
+	var mu sync.Mutex
+	var shared *conn
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		e, err := c.resolve(t)
+		if err != nil {
+			return nil, &nodeops.Error{Node: t.Name, Phase: nodeops.PhaseDial, Status: nodeops.StatusFailed, Reason: "config", Err: err}
+		}
+		mu.Lock()
+		if shared == nil || shared.closed.Load() {
+			c.dials.Add(1)
+			if shared, err = c.connect(ctx, e); err != nil {
+				shared = nil
+				mu.Unlock()
+				return nil, err
+			}
+		}
+		cn := shared
+		mu.Unlock()
+
+		// Opening the channel is bounded like opening a session; a stall
+		// closes the connection, and the next dial makes a new one.
+		wd := newWatchdog(ctx, cn.Close)
+		wd.arm(nodeops.PhaseSession, c.opts.SessionTimeout)
+		nc, err := cn.client.Dial("tcp", addr)
+		if ok := wd.disarm(); !ok || err != nil {
+			if nc != nil {
+				nc.Close()
+			}
+			if p, fired := wd.timedOut(); fired {
+				return nil, timeoutErr(e, p, c.opts.SessionTimeout)
+			}
+			if wd.cancel.Load() {
+				return nil, c.ctxError(ctx, e, nodeops.PhaseSession)
+			}
+			return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseSession, Status: nodeops.StatusUnreachable,
+				Reason: "tunnel", Err: err}
+		}
+		return nc, nil
+	}
+}
