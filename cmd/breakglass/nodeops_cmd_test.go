@@ -114,9 +114,9 @@ func TestExecCommand(t *testing.T) {
 		t.Errorf("no hint on stderr:\n%s", errOut)
 	}
 
-	out, _, code = runArgs(t, "--inventory", inv, "exec", "--nodes", "role=etcd", "--", "true")
-	if code != exitUsage {
-		t.Errorf("unknown role: exit %d", code)
+	_, errOut, code = runArgs(t, "--inventory", inv, "exec", "--nodes", "role=etcd", "--", "true")
+	if code != exitUsage || !strings.Contains(errOut, "role=etcd") {
+		t.Errorf("unknown role: exit %d, stderr %q", code, errOut)
 	}
 	out, errOut, code = runArgs(t, "--inventory", inv, "--dry-run", "exec", "--nodes", "role=control-plane", "--", "reboot")
 	if code != 0 || !strings.Contains(out, "node1") || strings.Contains(out, "node2") {

@@ -96,8 +96,7 @@ func (c *conn) Close() error {
 // goroutine while idle) and closes the connection after countMax probes
 // without an answer.
 func (c *conn) startKeepalive(interval time.Duration, countMax int) {
-	var tick func()
-	tick = func() {
+	tick := func() {
 		if c.closed.Load() {
 			return
 		}
