@@ -245,7 +245,7 @@ func TestExecCtrlC(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	marker := fmt.Sprintf("sleep 3%d", os.Getpid()%10)
+	marker := fmt.Sprintf("sleep 30.%d", os.Getpid()) // unique: other tests pgrep for their own sleeps
 	cmd := exec.Command(bin, "--inventory", inv, "-o", "json", "--concurrency", "3", "exec", "--", marker)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -239,10 +239,12 @@ func TestNodeKilledMidCommand(t *testing.T) {
 	fx := sshdtest.Start(t, 2, sshdtest.Options{})
 	c := newClient(t, fixtureOptions(fx))
 	base := runtime.NumGoroutine()
+	// A command line no other test runs, so that pgrep finds only ours.
+	marker := fmt.Sprintf("sleep 31.%d", time.Now().UnixNano()%1000000)
 	go func() {
 		// Kill node1 (sshd and its sessions) once the command runs there.
 		for i := 0; i < 500; i++ {
-			out, _ := exec.Command("pgrep", "-f", "sleep 31").Output()
+			out, _ := exec.Command("pgrep", "-f", marker).Output()
 			if len(out) > 0 {
 				fx.Servers[0].Kill()
 				return
@@ -254,7 +256,7 @@ func TestNodeKilledMidCommand(t *testing.T) {
 	res := fanout.Run(context.Background(), ts, fanout.Options{Concurrency: 2}, func(ctx context.Context, tg nodeops.Target) (nodeops.Output, error) {
 		line := "true"
 		if tg.Name == "node1" {
-			line = "sleep 31"
+			line = marker
 		}
 		return c.Run(ctx, tg, nodeops.Command{Line: line})
 	})
