@@ -37,7 +37,7 @@ refused (host key changed or unknown, authentication or sudo refused) or
 cancelled. A summary with the counts and the slowest nodes follows.
 
 Output: -o table (default) or wide prints one row per node; -o json prints
-one JSON object per node ("type":"node_result") as soon as that node ends
+one JSON object per node ("type":"nodeResult") as soon as that node ends
 (so in the order nodes end, each node exactly once), then a final
 "summary"; -o yaml prints the nodes in selection order at the end.
 
@@ -69,13 +69,13 @@ Exit codes: 0 every node ok, 1 error, 2 usage, 3 some nodes not ok,
 
 // execResult is the JSON wire struct of one node.
 type execResult struct {
-	Type       string `json:"type"` // node_result
+	Type       string `json:"type"` // nodeResult
 	Node       string `json:"node"`
 	Address    string `json:"address"`
 	Status     string `json:"status"`
 	Reason     string `json:"reason,omitempty"`
-	ExitCode   int    `json:"exit_code"`
-	DurationMS int64  `json:"duration_ms"`
+	ExitCode   int    `json:"exitCode"`
+	DurationMS int64  `json:"durationMs"`
 	Attempts   int    `json:"attempts"`
 	Stdout     string `json:"stdout"`
 	Stderr     string `json:"stderr"`
@@ -97,7 +97,7 @@ type summaryWire struct {
 
 type slowestWire struct {
 	Node       string `json:"node"`
-	DurationMS int64  `json:"duration_ms"`
+	DurationMS int64  `json:"durationMs"`
 }
 
 func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
@@ -147,7 +147,7 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 	return finishRun(ctx, "exec", sum)
 }
 
-// execStream prints a node_result line for each node as it ends. Fan-out
+// execStream prints a nodeResult line for each node as it ends. Fan-out
 // events are serialised, so it needs no lock.
 type execStream struct {
 	p    Printer
@@ -165,7 +165,7 @@ func (s *execStream) event(e fanout.Event) {
 }
 
 func execResultOf(r fanout.Result) execResult {
-	w := execResult{Type: "node_result", Node: r.Target.Name, Address: r.Target.Address, Status: string(r.Status),
+	w := execResult{Type: "nodeResult", Node: r.Target.Name, Address: r.Target.Address, Status: string(r.Status),
 		Reason: r.Reason, ExitCode: r.ExitCode, DurationMS: ms(r.Duration), Attempts: r.Attempts,
 		Stdout: string(r.Output.Stdout), Stderr: string(r.Output.Stderr), Truncated: r.Output.Truncated}
 	if r.Err != nil {
@@ -272,7 +272,7 @@ func dash(s string) string {
 
 // execPlanWire is the JSON wire struct of one node in a dry run.
 type execPlanWire struct {
-	Type    string `json:"type"` // exec_plan
+	Type    string `json:"type"` // execPlan
 	Node    string `json:"node"`
 	Address string `json:"address"`
 	Source  string `json:"source"`
@@ -283,7 +283,7 @@ func printExecPlan(d *Deps, nodes []nodeops.Target, opts *execOptions) error {
 	p := newPrinter(d.Out, d.Global.Output)
 	if !p.Text() {
 		for _, n := range nodes {
-			if err := p.Object(execPlanWire{Type: "exec_plan", Node: n.Name, Address: n.Address, Source: n.Source, Command: opts.command}); err != nil {
+			if err := p.Object(execPlanWire{Type: "execPlan", Node: n.Name, Address: n.Address, Source: n.Source, Command: opts.command}); err != nil {
 				return err
 			}
 		}

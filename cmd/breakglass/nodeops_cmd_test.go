@@ -98,7 +98,7 @@ func TestExecCommand(t *testing.T) {
 	}
 	lines := decodeLines(t, out)
 	if len(lines) != 5 || lines[4]["type"] != "summary" {
-		t.Fatalf("want 4 node_result and a summary:\n%s", out)
+		t.Fatalf("want 4 nodeResult and a summary:\n%s", out)
 	}
 	// Streamed as nodes end: any order, each node exactly once.
 	byNode := resultsByNode(t, lines[:4])
@@ -124,14 +124,14 @@ func TestExecCommand(t *testing.T) {
 	}
 }
 
-// resultsByNode indexes node_result lines by node and fails on a node
+// resultsByNode indexes nodeResult lines by node and fails on a node
 // reported twice.
 func resultsByNode(t *testing.T, lines []map[string]any) map[string]map[string]any {
 	t.Helper()
 	out := map[string]map[string]any{}
 	for _, l := range lines {
 		name, _ := l["node"].(string)
-		if l["type"] != "node_result" || out[name] != nil {
+		if l["type"] != "nodeResult" || out[name] != nil {
 			t.Errorf("unexpected or repeated line: %v", l)
 		}
 		out[name] = l
@@ -188,7 +188,7 @@ func TestExecJSONStreams(t *testing.T) {
 		t.Fatalf("exec: %v\n%s", err, errOut.String())
 	}
 	if len(lines) != 4 || lines[3]["type"] != "summary" || lines[3]["ok"] != float64(3) {
-		t.Fatalf("want 3 node_result lines then the summary: %v", lines)
+		t.Fatalf("want 3 nodeResult lines then the summary: %v", lines)
 	}
 	if got := resultsByNode(t, lines[:3]); got["node3"]["stdout"] != "done\n" {
 		t.Errorf("node3: %v", got["node3"])
@@ -210,7 +210,7 @@ func TestNodesListAndCheck(t *testing.T) {
 		t.Fatalf("nodes check: %d\n%s%s", code, out, errOut)
 	}
 	for _, l := range lines {
-		if l["reachable"] != "ok" || l["host_key"] != "ok" || l["auth"] != "ok" || l["sudo"] != "root" {
+		if l["reachable"] != "ok" || l["hostKey"] != "ok" || l["auth"] != "ok" || l["sudo"] != "root" {
 			t.Errorf("check: %v", l)
 		}
 		t.Logf("%v", l)
@@ -306,7 +306,7 @@ func TestLabExecAndCheck(t *testing.T) {
 		t.Fatalf("nodes check: %d\n%s%s", code, out, errOut)
 	}
 	for i, l := range lines {
-		if l["reachable"] != "ok" || l["host_key"] != "ok" || l["auth"] != "ok" || l["nft"] != "ok" {
+		if l["reachable"] != "ok" || l["hostKey"] != "ok" || l["auth"] != "ok" || l["nft"] != "ok" {
 			t.Errorf("%v", l)
 		}
 		// Workers run containerd; the control plane need not.

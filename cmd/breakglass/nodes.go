@@ -127,7 +127,7 @@ works when the SSH user is not root, that containerd's socket answers, and
 that nft can list the ruleset. A check that cannot run because an earlier
 one failed shows "-".
 
-Output: table, wide, json ("type":"node_check"), yaml.
+Output: table, wide, json ("type":"nodeCheck"), yaml.
 Exit codes: 0 every check passed, 1 error, 2 usage, 3 some node failed a
 check, 130 cancelled.`,
 		Args: cobra.NoArgs,
@@ -162,17 +162,17 @@ else echo nft=missing; fi`
 // containerd "missing", "unresponsive" or "socket" (present, no ctr to
 // probe it), nft "missing".
 type checkWire struct {
-	Type       string `json:"type"` // node_check
+	Type       string `json:"type"` // nodeCheck
 	Node       string `json:"node"`
 	Address    string `json:"address"`
 	OK         bool   `json:"ok"`
 	Reachable  string `json:"reachable"`
-	HostKey    string `json:"host_key"`
+	HostKey    string `json:"hostKey"`
 	Auth       string `json:"auth"`
 	Sudo       string `json:"sudo"`
 	Containerd string `json:"containerd"`
 	Nft        string `json:"nft"`
-	DurationMS int64  `json:"duration_ms"`
+	DurationMS int64  `json:"durationMs"`
 	Error      string `json:"error,omitempty"`
 }
 
@@ -249,7 +249,7 @@ func checkSummary(s fanout.Summary, failed int) fanout.Summary {
 }
 
 func checkOf(r fanout.Result) checkWire {
-	c := checkWire{Type: "node_check", Node: r.Target.Name, Address: r.Target.Address, DurationMS: ms(r.Duration),
+	c := checkWire{Type: "nodeCheck", Node: r.Target.Name, Address: r.Target.Address, DurationMS: ms(r.Duration),
 		Reachable: "-", HostKey: "-", Auth: "-", Sudo: "-", Containerd: "-", Nft: "-"}
 	if r.Err != nil {
 		c.Error = r.Err.Error()
