@@ -227,19 +227,16 @@ func (l *Lab) waitAPIServer(ctx context.Context, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
 	var last error
-	for time.Now().Before(deadline) {
+	err = poll(ctx, 500*time.Millisecond, timeout, func(ctx context.Context) bool {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		body, err := c.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
-		cancel()
-		if err == nil && strings.TrimSpace(string(body)) == "ok" {
-			return nil
-		}
-		last = err
-		if !sleepCtx(ctx, 500*time.Millisecond) {
-			return ctx.Err()
-		}
+		defer cancel()
+		var body []byte
+		body, last = c.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
+		return last == nil && strings.TrimSpace(string(body)) == "ok"
+	})
+	if err != errTimeout {
+		return err
 	}
 	return fmt.Errorf("apiserver not ready after %s: %v\nhint: see %s", timeout, last, filepath.Join(l.State.Dir, "logs", "cp-1-kube-apiserver.log"))
 }

@@ -77,12 +77,12 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		return nil, err
 	}
 	workers := len(l.State.HostsWithRole("worker"))
-	n, err := waitDaemonSetPods(ctx, c, TelemetryNamespace, TelemetryDaemonSet, workers, 90*time.Second)
-	res.TelemetryPods = n
+	pods, err := waitRunning(ctx, c, TelemetryNamespace, "app="+TelemetryDaemonSet, workers, 90*time.Second)
+	res.TelemetryPods = len(pods)
 	if err != nil {
 		return res, err
 	}
-	logf("%d telemetry pods running; letting the load build", n)
+	logf("%d telemetry pods running; letting the load build", res.TelemetryPods)
 	sleepCtx(ctx, 10*time.Second)
 	if res.After, err = l.probeAPI(ctx, "after", 20, 5*time.Second); err != nil {
 		return res, err
@@ -191,30 +191,6 @@ func createTelemetry(ctx context.Context, c kubernetes.Interface, apiserver stri
 	return nil
 }
 
-// waitDaemonSetPods waits until want pods of the DaemonSet are Running.
-func waitDaemonSetPods(ctx context.Context, c kubernetes.Interface, ns, name string, want int, timeout time.Duration) (int, error) {
-	deadline := time.Now().Add(timeout)
-	running := 0
-	for time.Now().Before(deadline) {
-		pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
-		if err == nil {
-			running = 0
-			for _, p := range pods.Items {
-				if p.Status.Phase == corev1.PodRunning {
-					running++
-				}
-			}
-			if running >= want {
-				return running, nil
-			}
-		}
-		if !sleepCtx(ctx, time.Second) {
-			return running, ctx.Err()
-		}
-	}
-	return running, fmt.Errorf("daemonset %s/%s: %d of %d pods running after %s", ns, name, running, want, timeout)
-}
-
 // PreemptionResult is the evidence of the preemption incident.
 type PreemptionResult struct {
 	OriginalIngesters int `json:"originalIngesters"`
@@ -282,32 +258,31 @@ func (l *Lab) Preemption(ctx context.Context, log io.Writer) (*PreemptionResult,
 	if _, err := c.AppsV1().Deployments(NewClusterNS).Create(ctx, cpuDeployment("new-cluster", int32(workers)), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
-	// The cascade is over when every original ingester is gone.
-	deadline := time.Now().Add(120 * time.Second)
-	for time.Now().Before(deadline) {
+	// The cascade is over when every original ingester is gone; if it
+	// stalls, the result says how far it went.
+	err = poll(ctx, 2*time.Second, 120*time.Second, func(ctx context.Context) bool {
 		pods, err := c.CoreV1().Pods(IngesterNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ingester"})
-		if err == nil {
-			left := 0
-			res.Running, res.Pending = 0, 0
-			for _, p := range pods.Items {
-				if original[p.Name] && p.DeletionTimestamp == nil {
-					left++
-				}
-				switch p.Status.Phase {
-				case corev1.PodRunning:
-					res.Running++
-				case corev1.PodPending:
-					res.Pending++
-				}
+		if err != nil {
+			return false
+		}
+		left := 0
+		res.Running, res.Pending = 0, 0
+		for _, p := range pods.Items {
+			if original[p.Name] && p.DeletionTimestamp == nil {
+				left++
 			}
-			res.Evicted = len(original) - left
-			if left == 0 {
-				break
+			switch p.Status.Phase {
+			case corev1.PodRunning:
+				res.Running++
+			case corev1.PodPending:
+				res.Pending++
 			}
 		}
-		if !sleepCtx(ctx, 2*time.Second) {
-			return res, ctx.Err()
-		}
+		res.Evicted = len(original) - left
+		return left == 0
+	})
+	if err != nil && err != errTimeout {
+		return res, err
 	}
 	if evs, err := c.CoreV1().Events(IngesterNamespace).List(ctx, metav1.ListOptions{FieldSelector: "reason=Preempted"}); err == nil {
 		res.PreemptedEvents = len(evs.Items)
@@ -341,25 +316,24 @@ func cpuDeployment(name string, replicas int32) *appsv1.Deployment {
 // waitRunning waits for want Running pods matching selector and returns
 // their names.
 func waitRunning(ctx context.Context, c kubernetes.Interface, ns, selector string, want int, timeout time.Duration) (map[string]bool, error) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	names := map[string]bool{}
+	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
 		pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
-		if err == nil {
-			names := map[string]bool{}
-			for _, p := range pods.Items {
-				if p.Status.Phase == corev1.PodRunning {
-					names[p.Name] = true
-				}
-			}
-			if len(names) >= want {
-				return names, nil
+		if err != nil {
+			return false
+		}
+		names = map[string]bool{}
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				names[p.Name] = true
 			}
 		}
-		if !sleepCtx(ctx, time.Second) {
-			return nil, ctx.Err()
-		}
+		return len(names) >= want
+	})
+	if err == errTimeout {
+		return names, fmt.Errorf("%s: %d of %d pods Running (%s) after %s", ns, len(names), want, selector, timeout)
 	}
-	return nil, fmt.Errorf("%s: fewer than %d pods Running (%s) after %s", ns, want, selector, timeout)
+	return names, err
 }
 
 // Reset ends the lab's incidents: the telemetry DaemonSet and the
@@ -398,20 +372,21 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 		}
 	}
 	// Wait for the namespaces to go, so that the incidents can start again.
-	deadline := time.Now().Add(2 * time.Minute)
-	for _, ns := range []string{TelemetryNamespace, IngesterNamespace, NewClusterNS} {
-		for {
-			_, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("namespace %s still terminating after 2m", ns)
-			}
-			if !sleepCtx(ctx, time.Second) {
-				return ctx.Err()
+	var left string
+	err = poll(ctx, time.Second, 2*time.Minute, func(ctx context.Context) bool {
+		for _, ns := range []string{TelemetryNamespace, IngesterNamespace, NewClusterNS} {
+			if _, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				left = ns
+				return false
 			}
 		}
+		return true
+	})
+	if err == errTimeout {
+		return fmt.Errorf("namespace %s still terminating after 2m", left)
+	}
+	if err != nil {
+		return err
 	}
 	fmt.Fprintln(log, "incident: every incident object is gone")
 	l.State.Incidents = nil

@@ -242,30 +242,27 @@ func (l *Lab) waitNodesReady(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	want := len(l.State.HostsWithRole("worker"))
-	deadline := time.Now().Add(timeout)
 	var status string
-	for time.Now().Before(deadline) {
+	err = poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
 		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err == nil {
-			ready := 0
-			var parts []string
-			for _, n := range nodes.Items {
-				r := nodeReady(&n)
-				if r {
-					ready++
-				}
-				parts = append(parts, fmt.Sprintf("%s=%v", n.Name, r))
-			}
-			status = strings.Join(parts, " ")
-			if ready >= want {
-				return nil
-			}
-		} else {
+		if err != nil {
 			status = err.Error()
+			return false
 		}
-		if !sleepCtx(ctx, time.Second) {
-			return ctx.Err()
+		ready := 0
+		var parts []string
+		for _, n := range nodes.Items {
+			r := nodeReady(&n)
+			if r {
+				ready++
+			}
+			parts = append(parts, fmt.Sprintf("%s=%v", n.Name, r))
 		}
+		status = strings.Join(parts, " ")
+		return ready >= want
+	})
+	if err != errTimeout {
+		return err
 	}
 	return fmt.Errorf("workers not Ready after %s (%s)\nhint: see %s/logs/worker-*-kubelet.log", timeout, status, l.State.Dir)
 }

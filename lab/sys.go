@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"sort"
 	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // sh runs a system tool (ip, mount, nsenter, ...) and returns its trimmed
@@ -67,6 +71,24 @@ func requireTools(tools ...string) error {
 	}
 	return nil
 }
+
+// poll checks cond every interval until it holds, ctx ends, or timeout
+// passes; a check that fails only means "not yet". It returns ctx's error if
+// ctx ended and errTimeout otherwise, so each caller says what it waited for.
+func poll(ctx context.Context, interval, timeout time.Duration, cond func(context.Context) bool) error {
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
+		return cond(ctx), nil
+	})
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return errTimeout
+	}
+	return nil
+}
+
+var errTimeout = errors.New("timed out")
 
 func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 

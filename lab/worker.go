@@ -222,14 +222,12 @@ func importImage(ctx context.Context, h Host, tarball string) error {
 }
 
 func waitFile(ctx context.Context, path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if _, err := os.Stat(path); err == nil {
-			return nil
-		}
-		if !sleepCtx(ctx, 100*time.Millisecond) {
-			return ctx.Err()
-		}
+	err := poll(ctx, 100*time.Millisecond, timeout, func(context.Context) bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
+	if err == errTimeout {
+		return fmt.Errorf("%s did not appear within %s", path, timeout)
 	}
-	return fmt.Errorf("%s did not appear within %s", path, timeout)
+	return err
 }
