@@ -114,12 +114,8 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 	}
 	defer r.Close()
 
-	var bar *progress
-	var onEvent func(fanout.Event)
-	if d.ErrIsTTY {
-		bar = newProgress(d.ErrOut, "exec", len(nodes))
-		onEvent = bar.event
-	}
+	bar := startProgress(d, "exec", len(nodes))
+	onEvent := bar.onEvent()
 	// -o json streams each node's line as soon as the node ends (in the
 	// order nodes end, each exactly once), so that a consumer sees the
 	// first results of a long run without waiting for the slowest node.
@@ -129,9 +125,7 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 		onEvent = stream.event
 	}
 	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: opts.command}, fanoutOptions(d, &opts.ssh, onEvent))
-	if bar != nil {
-		bar.clear()
-	}
+	bar.clear()
 	sum := fanout.Summarize(results, opts.slowest)
 	if stream != nil {
 		if stream.err != nil {

@@ -198,6 +198,23 @@ func newProgress(w io.Writer, what string, total int) *progress {
 	return &progress{w: w, what: what, total: total, count: map[nodeops.Status]int{}}
 }
 
+// startProgress returns a progress bar on stderr when it is a terminal, and
+// nil otherwise; a nil bar's methods do nothing.
+func startProgress(d *Deps, what string, total int) *progress {
+	if !d.ErrIsTTY {
+		return nil
+	}
+	return newProgress(d.ErrOut, what, total)
+}
+
+// onEvent returns the bar's event handler (nil for no bar).
+func (p *progress) onEvent() func(fanout.Event) {
+	if p == nil {
+		return nil
+	}
+	return p.event
+}
+
 func (p *progress) event(e fanout.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -226,6 +243,9 @@ func (p *progress) draw() {
 
 // clear removes the bar before results are printed.
 func (p *progress) clear() {
+	if p == nil {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.drawn {

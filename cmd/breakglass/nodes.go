@@ -186,16 +186,9 @@ func runNodesCheck(ctx context.Context, d *Deps, opts *nodesCheckOptions) error 
 		return err
 	}
 	defer r.Close()
-	var bar *progress
-	var onEvent func(fanout.Event)
-	if d.ErrIsTTY {
-		bar = newProgress(d.ErrOut, "check", len(nodes))
-		onEvent = bar.event
-	}
-	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: checkScript, NoSudo: true}, fanoutOptions(d, &opts.ssh, onEvent))
-	if bar != nil {
-		bar.clear()
-	}
+	bar := startProgress(d, "check", len(nodes))
+	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: checkScript, NoSudo: true}, fanoutOptions(d, &opts.ssh, bar.onEvent()))
+	bar.clear()
 	checks := make([]checkWire, len(results))
 	failed := 0
 	for i, res := range results {
