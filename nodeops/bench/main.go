@@ -132,9 +132,8 @@ type realNodes struct {
 	clientKey, knownHosts string
 }
 
-// loopbackNodes starts n sshd of its own on 127.77.x.y. Their logins run
-// root's shell start-up files, unlike the lab's hosts, so wall times are
-// longer than on lab hosts; the client CPU is the same.
+// loopbackNodes starts n sshd of its own on 127.77.x.y (the sshdtest
+// fixture), for machines where no lab can come up.
 func loopbackNodes(dir string, n int) (*realNodes, func()) {
 	var hosts []string
 	for i := 0; i < n; i++ {

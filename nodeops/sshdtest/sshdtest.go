@@ -170,6 +170,11 @@ KbdInteractiveAuthentication no
 MaxStartups 200
 MaxSessions 50
 LogLevel ERROR
+# Bash runs ~/.bashrc when sshd starts it as a top-level shell (SHLVL unset),
+# even for a command. The machine's root .bashrc may be slow or take locks
+# (pyenv), which would time every login on it: SHLVL=1 makes the command's
+# shell a second-level one, which reads no start-up file, as on a lab host.
+SetEnv SHLVL=1
 %s
 `, s.Addr(), hostKey, auth, extra)
 	if err := os.WriteFile(s.Config, []byte(cfg), 0o600); err != nil {
