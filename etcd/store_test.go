@@ -161,14 +161,17 @@ func (j *recJournal) Intent(ctx context.Context, c *etcd.Change) error {
 		return err
 	}
 	var rev int64
+	var cur []byte
 	if len(resp.Kvs) > 0 {
-		rev = resp.Kvs[0].ModRevision
-		if string(resp.Kvs[0].Value) != string(c.Before) {
-			j.t.Errorf("intent for %s journaled with bytes that are not the current value", c.Key)
-		}
+		rev, cur = resp.Kvs[0].ModRevision, resp.Kvs[0].Value
 	}
-	if rev != c.BeforeRevision {
+	switch {
+	case rev != c.BeforeRevision:
+		// A controller wrote in between: the write's compare on the revision
+		// will fail and the change is read again, so the bytes may differ.
 		j.t.Logf("intent attempt %d: revision %d, now %d (a concurrent writer)", c.Attempt, c.BeforeRevision, rev)
+	case string(cur) != string(c.Before):
+		j.t.Errorf("intent for %s at revision %d journaled with bytes that are not the value at that revision", c.Key, rev)
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
