@@ -332,9 +332,9 @@ func rawHandshakes(targets []nodeops.Target, inflight int, keyFile, hostKeyFile 
 
 // plainClient runs `true` on every real sshd node listed in file (the
 // client key, the known_hosts file, then root@HOST lines), all at once,
-// with x/crypto/ssh and nothing around it, and prints "ok" per node.
-// plainClient is the floor of the comparison: x/crypto/ssh as its
-// documentation shows it, one goroutine per node. Tuned, it also reads ahead
+// with x/crypto/ssh and nothing around it, and prints "ok" per node. It is
+// the floor of the comparison: x/crypto/ssh as its documentation shows it,
+// one goroutine per node. Tuned, it also reads ahead
 // during the version exchange (as breakglass does) and runs on one P, which
 // saves the runtime's thread wake-ups on a fan-out this small: the least CPU
 // an x/crypto/ssh client can take here, not a setting breakglass uses.

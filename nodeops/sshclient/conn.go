@@ -1,6 +1,7 @@
 package sshclient
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -210,21 +211,19 @@ func (c *Client) connect(ctx context.Context, e *endpoint) (*conn, error) {
 }
 
 // countedConn is a connection the client's gauge counts until it is
-// closed. It also reads ahead during the version exchange: x/crypto/ssh
-// reads the server's version line one byte per Read, which on a raw socket
-// is one system call per byte (about 40 per node). Small reads are served
-// from a 256-byte read-ahead instead; the first large read (the transport's
-// own buffered reader, once the version is known) drops the read-ahead, so
-// an open connection keeps no extra buffer.
+// closed. Its reads go through a small bufio.Reader: x/crypto/ssh reads the
+// server's version line one byte per Read, which on a raw socket is one
+// system call per byte (about 40 per node); bufio serves those from one
+// read, and passes the transport's own large reads straight through.
 type countedConn struct {
 	net.Conn
-	closed  atomic.Bool
-	c       *Client
-	ahead   []byte // read-ahead buffer until the first large read
-	pending []byte // unread part of ahead
-	err     error  // error of the read that filled ahead, after pending
+	r      *bufio.Reader
+	closed atomic.Bool
+	c      *Client
 }
 
+// readAhead is enough for a version line and the start of the key
+// exchange; it costs 256 bytes per open connection.
 const readAhead = 256
 
 func (c *Client) counted(nc net.Conn) net.Conn {
@@ -235,37 +234,12 @@ func (c *Client) counted(nc net.Conn) net.Conn {
 			break
 		}
 	}
-	return &countedConn{Conn: nc, c: c, ahead: make([]byte, readAhead)}
+	return &countedConn{Conn: nc, r: bufio.NewReaderSize(nc, readAhead), c: c}
 }
 
-// Read serves small reads from the read-ahead buffer. Reads are not
-// concurrent: x/crypto/ssh reads the version, then hands the connection to
-// one reading goroutine.
-func (cc *countedConn) Read(p []byte) (int, error) {
-	if len(cc.pending) > 0 {
-		n := copy(p, cc.pending)
-		cc.pending = cc.pending[n:]
-		return n, nil
-	}
-	if cc.err != nil {
-		err := cc.err
-		cc.err = nil
-		return 0, err
-	}
-	if cc.ahead == nil || len(p) >= len(cc.ahead) {
-		cc.ahead = nil
-		return cc.Conn.Read(p)
-	}
-	n, err := cc.Conn.Read(cc.ahead)
-	k := copy(p, cc.ahead[:n])
-	cc.pending = cc.ahead[k:n]
-	if len(cc.pending) > 0 {
-		// Report the error after the data it came with.
-		cc.err = err
-		return k, nil
-	}
-	return k, err
-}
+// Read is not called concurrently: x/crypto/ssh reads the version, then
+// hands the connection to one reading goroutine.
+func (cc *countedConn) Read(p []byte) (int, error) { return cc.r.Read(p) }
 
 func (cc *countedConn) Close() error {
 	if !cc.closed.Swap(true) {
