@@ -78,6 +78,14 @@ else
 		"$GO" test -count=1 -v -timeout 30m ./...
 	run incidents BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_BIN="$BIN" \
 		"$GO" test -count=1 -v -timeout 15m -run 'TestIncident' ./lab/
+	# lab down removes the lab's logs: keep what a failure needs first.
+	if [ "$failed" != 0 ]; then
+		for f in "$LAB_DIR"/logs/cp-1-kube-{controller-manager,scheduler,apiserver}.log; do
+			[ -f "$f" ] || continue
+			echo "-- last lines of $(basename "$f"):"
+			tail -n 25 "$f"
+		done
+	fi
 
 	echo "== lab down"
 	"$BIN" lab down --dir "$LAB_DIR" || failed=1
