@@ -23,6 +23,7 @@ import (
 	"github.com/breakglass/breakglass/etcd"
 	"github.com/breakglass/breakglass/lab"
 	"github.com/breakglass/breakglass/lab/labtest"
+	"github.com/breakglass/breakglass/recover/journal"
 )
 
 // labEnv runs breakglass against the lab's real etcd, and kubectl and
@@ -311,8 +312,14 @@ spec:
 		return err == nil && *rs.Spec.Replicas == 3, err
 	})
 
-	// The controller has updated the status since: undo refuses, then
-	// --force restores the exact bytes the scale replaced.
+	// The deployment controller writes the Deployment's status after it
+	// scales the ReplicaSet; once it has, the key has changed since the
+	// scale: undo refuses, then --force restores the exact bytes the scale
+	// replaced.
+	waitFor(t, "the deployment controller to write the Deployment after the scale", 60*time.Second, func() (bool, error) {
+		d, err := deps.Get(ctx, "web", metav1.GetOptions{})
+		return err == nil && d.ResourceVersion != rev && d.Status.ObservedGeneration >= before.Generation+1, err
+	})
 	id := ch["id"].(string)
 	if _, errOut, code := e.run(t, "undo", id, "--yes"); code != 4 || !strings.Contains(errOut, "changed since") {
 		t.Errorf("undo after the controller's update: exit %d %s", code, errOut)
@@ -324,6 +331,13 @@ spec:
 	// key at the revision the undo produced.
 	recs := readJournal(t, e.journal)
 	key := "/registry/deployments/" + e.ns + "/web"
+	// The scale may have retried after a conflict with the controller: the
+	// bytes it replaced are those of its applied attempt's intent.
+	intent, _, err := journal.Applied(recs, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaced := intent.Before.Bytes
 	var undoRev int64
 	for _, r := range recs {
 		if r.Op == "undo" && r.Type == "outcome" && r.Status == "applied" {
@@ -334,8 +348,8 @@ spec:
 	if err != nil || undoRev == 0 || len(resp.Kvs) != 1 {
 		t.Fatalf("read at the undo's revision %d: %v", undoRev, err)
 	}
-	if !bytes.Equal(resp.Kvs[0].Value, recs[0].Before.Bytes) {
-		t.Error("undo did not restore the exact previous bytes")
+	if !bytes.Equal(resp.Kvs[0].Value, replaced) {
+		t.Error("undo did not restore the exact bytes the scale replaced")
 	}
 	waitFor(t, "the API server to see the undo", 30*time.Second, func() (bool, error) {
 		d, err := deps.Get(ctx, "web", metav1.GetOptions{})
