@@ -46,22 +46,36 @@ func (e *refusedError) Error() string { return e.err.Error() }
 func (e *refusedError) Unwrap() error { return e.err }
 func (e *refusedError) ExitCode() int { return exitRefused }
 
-// exitCode maps an error to the process exit code.
+// exitCode maps an error to the process exit code. ctx is the command's
+// context: 130 means a real SIGINT or SIGTERM ended it (its cause is a
+// *signalError), never merely that the context is done.
 func exitCode(err error, ctx context.Context) int {
 	if err == nil {
 		return exitOK
+	}
+	if interrupted(ctx, err) != nil {
+		return exitCancelled
 	}
 	var ec exitCoder
 	if errors.As(err, &ec) {
 		return ec.ExitCode()
 	}
-	if errors.Is(err, context.Canceled) || (ctx != nil && ctx.Err() != nil) {
-		return exitCancelled
-	}
 	if isCobraUsageError(err) {
 		return exitUsage
 	}
 	return exitError
+}
+
+// interrupted returns the signal that cancelled the command, if one did.
+func interrupted(ctx context.Context, err error) *signalError {
+	var se *signalError
+	if errors.As(err, &se) {
+		return se
+	}
+	if ctx != nil && errors.As(context.Cause(ctx), &se) {
+		return se
+	}
+	return nil
 }
 
 // isCobraUsageError recognises the errors cobra returns for bad flags and
@@ -78,19 +92,30 @@ func isCobraUsageError(err error) bool {
 	return false
 }
 
-// reportError prints err (if any) to w and returns the exit code.
+// reportError prints err (if any) to w and returns the exit code. Every
+// error is printed as it is; a signal adds one line that says so, and the
+// bare "context canceled" it leaves in errors is not repeated.
 func reportError(w io.Writer, err error, ctx context.Context) int {
 	code := exitCode(err, ctx)
 	if err == nil {
 		return code
 	}
-	if code == exitCancelled {
-		fmt.Fprintln(w, "breakglass: cancelled")
+	if se := interrupted(ctx, err); se != nil {
+		if !errors.Is(err, context.Canceled) {
+			fmt.Fprintf(w, "breakglass: %v\n", err)
+		}
+		fmt.Fprintf(w, "breakglass: cancelled (%v)\n", se)
 		return code
 	}
 	fmt.Fprintf(w, "breakglass: %v\n", err)
-	if code == exitUsage && !strings.Contains(err.Error(), "hint:") {
+	if strings.Contains(err.Error(), "hint:") {
+		return code
+	}
+	switch {
+	case code == exitUsage:
 		fmt.Fprintln(w, "hint: run with --help to see the usage")
+	case errors.Is(err, context.DeadlineExceeded):
+		fmt.Fprintln(w, "hint: something did not answer in time; --timeout sets how long a call may take (0 means no limit)")
 	}
 	return code
 }

@@ -85,7 +85,8 @@ func newCmdLabIncident(d *Deps, opts *labOptions) *cobra.Command {
 				}
 				fmt.Fprintf(d.Out, "What `kubectl get pods -A` (user oncall) saw, %d requests each:\n\n", res.Before.Requests)
 				lab.WriteProbes(d.Out, []lab.Probe{res.Before, res.After})
-				fmt.Fprintf(d.Out, "\n%d telemetry pods are LISTing the cluster; the apiserver is saturated.\n", res.TelemetryPods)
+				fmt.Fprintf(d.Out, "\n%d telemetry agents are LISTing the cluster (containerd on each worker: %s); the apiserver is saturated.\n",
+					res.TelemetryPods, agentCounts(res.Agents))
 				return nil
 			case lab.IncidentPreemption:
 				res, err := l.Preemption(ctx, d.ErrOut)
@@ -112,4 +113,12 @@ func newCmdLabIncident(d *Deps, opts *labOptions) *cobra.Command {
 		},
 	}
 	return cmd
+}
+
+func agentCounts(cs []lab.NodeCount) string {
+	parts := make([]string, 0, len(cs))
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s %d running", c.Node, c.Running))
+	}
+	return strings.Join(parts, ", ")
 }

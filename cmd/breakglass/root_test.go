@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 )
@@ -17,6 +18,8 @@ func (e codedErr) ExitCode() int { return e.code }
 func TestExitCode(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
+	signalled, cancelSig := context.WithCancelCause(context.Background())
+	cancelSig(&signalError{os.Interrupt})
 	tests := []struct {
 		name string
 		err  error
@@ -29,8 +32,13 @@ func TestExitCode(t *testing.T) {
 		{"wrapped usage", fmt.Errorf("x: %w", usagef("bad")), context.Background(), 2},
 		{"nodes failed", fmt.Errorf("exec: %w", codedErr{3}), context.Background(), 3},
 		{"refused", &refusedError{errors.New("no")}, context.Background(), 4},
-		{"canceled error", fmt.Errorf("x: %w", context.Canceled), context.Background(), 130},
-		{"context cancelled", errors.New("anything"), cancelled, 130},
+		// Only a signal is a cancellation: a context that is merely done
+		// (main's own stop, a deadline) is an error like any other.
+		{"canceled error", fmt.Errorf("x: %w", context.Canceled), context.Background(), 1},
+		{"context cancelled without a signal", errors.New("anything"), cancelled, 1},
+		{"deadline", fmt.Errorf("wait: %w", context.DeadlineExceeded), context.Background(), 1},
+		{"signal", fmt.Errorf("x: %w", context.Canceled), signalled, 130},
+		{"signal beats nodes failed", codedErr{3}, signalled, 130},
 		{"cobra unknown flag", errors.New("unknown flag: --nope"), context.Background(), 2},
 		{"cobra args", errors.New(`accepts 1 arg(s), received 0`), context.Background(), 2},
 	}
