@@ -6,7 +6,7 @@ LAB_DIR  ?= $(CURDIR)/.lab
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all build test unit bench lab-up lab-down rehearse docs lint clean
+.PHONY: all build test unit bench soak lab-up lab-down rehearse docs lint clean
 
 all: build
 
@@ -24,6 +24,11 @@ unit:
 
 bench: build
 	BIN=$(CURDIR)/$(BIN) bash lab/scripts/bench.sh
+
+# Long runs kept out of make test: each incident started and reset
+# SOAK_ROUNDS times (default 10) on a fresh lab of its own.
+soak: build
+	BIN=$(CURDIR)/$(BIN) bash lab/scripts/soak.sh
 
 lab-up: build
 	$(BIN) lab up --dir $(LAB_DIR)

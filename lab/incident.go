@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
+	"slices"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -46,13 +48,32 @@ var overloadLimits = map[string]string{
 type OverloadResult struct {
 	Before Probe `json:"before"`
 	After  Probe `json:"after"`
-	// TelemetryPods is how many telemetry pods ran, one per worker.
+	// TelemetryPods is how many telemetry agents ran, one per worker, as
+	// the workers' containerd reported them once the limits were tight.
 	TelemetryPods int `json:"telemetryPods"`
+	// Agents is the count per worker.
+	Agents []NodeCount `json:"agents"`
 }
+
+// How long each step of an incident may take before it fails with what it
+// saw. They bound waits on conditions; nothing here sleeps a fixed time to
+// let something happen.
+const (
+	agentsTimeout    = 3 * time.Minute
+	apiserverTimeout = 2 * time.Minute
+	loadTimeout      = 90 * time.Second
+)
 
 // Overload reproduces the December 2024 outage: a telemetry DaemonSet whose
 // every pod LISTs the whole cluster in a tight loop, on an API server whose
 // inflight limits are tight, until ordinary kubectl requests get 429s.
+//
+// The order matters. The DaemonSet is created, and its agents are seen
+// running on every worker (from each worker's containerd), while the
+// apiserver still has its normal limits; only then are the limits
+// tightened. Tightening first would starve the very controllers, scheduler
+// and kubelets that must start the agents, and the incident would start
+// only sometimes.
 func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, error) {
 	logf := func(format string, a ...any) { fmt.Fprintf(log, "incident: "+format+"\n", a...) }
 	c, err := l.client()
@@ -62,47 +83,155 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 	if _, err := c.AppsV1().DaemonSets(TelemetryNamespace).Get(ctx, TelemetryDaemonSet, metav1.GetOptions{}); err == nil {
 		return nil, fmt.Errorf("the overload incident is already running (DaemonSet %s/%s exists)\nhint: run breakglass lab incident reset first", TelemetryNamespace, TelemetryDaemonSet)
 	}
+	if !l.apiserverHasDefaultFlags() {
+		return nil, fmt.Errorf("the apiserver on %s does not run with the lab's default flags (an incident left it changed)\nhint: run breakglass lab incident reset first", l.State.Hosts[0].Name)
+	}
 	res := &OverloadResult{}
 	logf("measuring what kubectl sees before the incident")
 	if res.Before, err = l.probeAPI(ctx, "before", 20, 5*time.Second); err != nil {
 		return nil, err
 	}
 
-	logf("tightening the apiserver's inflight limits (%s)", flagList(overloadLimits))
-	if err := l.setAPIServerFlags(ctx, overloadLimits); err != nil {
-		return nil, err
-	}
 	logf("creating DaemonSet %s/%s: every pod LISTs pods, nodes and endpoints in a loop", TelemetryNamespace, TelemetryDaemonSet)
 	if err := createTelemetry(ctx, c, l.State.APIServer); err != nil {
 		return nil, err
 	}
 	workers := len(l.State.HostsWithRole("worker"))
-	pods, err := waitRunning(ctx, c, TelemetryNamespace, "app="+TelemetryDaemonSet, workers, 90*time.Second)
-	res.TelemetryPods = len(pods)
-	if err != nil {
+	logf("waiting for the agent to run on all %d workers (from each worker's containerd)", workers)
+	if res.Agents, err = l.waitOnWorkers(ctx, TelemetryNamespace, 1, agentsTimeout); err != nil {
 		return res, err
 	}
-	logf("%d telemetry pods running; letting the load build", res.TelemetryPods)
-	sleepCtx(ctx, 10*time.Second)
+
+	logf("tightening the apiserver's inflight limits (%s)", flagList(overloadLimits))
+	if err := l.setAPIServerFlags(ctx, overloadLimits); err != nil {
+		return res, err
+	}
+	logf("letting the load build until the apiserver refuses requests (429)")
+	if err := l.waitRejecting(ctx, loadTimeout); err != nil {
+		return res, err
+	}
 	if res.After, err = l.probeAPI(ctx, "after", 20, 5*time.Second); err != nil {
 		return res, err
 	}
+	// The agents run on, whatever the apiserver lets their kubelets report.
+	if res.Agents, err = l.countOnWorkers(ctx, TelemetryNamespace); err != nil {
+		return res, err
+	}
+	for _, a := range res.Agents {
+		res.TelemetryPods += min(a.Running, 1)
+	}
+	logf("%d of %d workers run the agent (%s)", res.TelemetryPods, workers, describeCounts(res.Agents))
 	l.State.Incidents = appendUnique(l.State.Incidents, IncidentOverload)
 	return res, l.State.Save()
 }
 
+// waitOnWorkers waits until every worker's containerd runs at least
+// perNode containers of namespace ns, and returns the counts.
+func (l *Lab) waitOnWorkers(ctx context.Context, ns string, perNode int, timeout time.Duration) ([]NodeCount, error) {
+	var counts []NodeCount
+	var last error
+	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
+		counts, last = l.countOnWorkers(ctx, ns)
+		if last != nil {
+			return false
+		}
+		for _, c := range counts {
+			if c.Running < perNode {
+				return false
+			}
+		}
+		return true
+	})
+	if err == errTimeout {
+		if last != nil {
+			return counts, fmt.Errorf("%s: waited %s for %d running container(s) per worker: %w", ns, timeout, perNode, last)
+		}
+		return counts, fmt.Errorf("%s: waited %s for %d running container(s) per worker, containerd shows %s\nhint: see %s/logs/worker-*-kubelet.log and cp-1-kube-controller-manager.log", ns, timeout, perNode, describeCounts(counts), l.State.Dir)
+	}
+	return counts, err
+}
+
+// waitGoneFromWorkers waits until no worker's containerd runs a container
+// of any of the namespaces.
+func (l *Lab) waitGoneFromWorkers(ctx context.Context, timeout time.Duration, namespaces ...string) error {
+	var left string
+	var last error
+	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
+		for _, ns := range namespaces {
+			counts, err := l.countOnWorkers(ctx, ns)
+			if last = err; err != nil {
+				return false
+			}
+			for _, c := range counts {
+				if c.Running > 0 {
+					left = fmt.Sprintf("%s still runs %d container(s) of %s", c.Node, c.Running, ns)
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if err == errTimeout {
+		if last != nil {
+			return fmt.Errorf("waited %s for the incident's containers to stop: %w", timeout, last)
+		}
+		return fmt.Errorf("waited %s for the incident's containers to stop: %s\nhint: see %s/logs/worker-*-kubelet.log", timeout, left, l.State.Dir)
+	}
+	return err
+}
+
+// waitRejecting waits until the apiserver has answered 429 to someone since
+// it started with the incident's limits. The count is read as the admin,
+// whom the limits exempt (system:masters), so it answers under the load.
+func (l *Lab) waitRejecting(ctx context.Context, timeout time.Duration) error {
+	var n int64
+	var last error
+	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
+		n, last = l.apiserver429s(ctx)
+		return last == nil && n > 0
+	})
+	if err == errTimeout {
+		if last != nil {
+			return fmt.Errorf("waited %s for the apiserver to refuse requests; reading its /metrics: %w", timeout, last)
+		}
+		return fmt.Errorf("waited %s for the apiserver to refuse requests: it answered no 429 yet\nhint: see %s/logs/worker-*-containerd.log for the telemetry agents' own counts", timeout, l.State.Dir)
+	}
+	return err
+}
+
+// apiserverHasDefaultFlags reports whether cp-1's apiserver spec is the
+// lab's default one.
+func (l *Lab) apiserverHasDefaultFlags() bool {
+	cp := l.State.Hosts[0]
+	cur, _, err := readSpec(specPath(cp, "kube-apiserver"))
+	return err == nil && slices.Equal(cur.Argv, apiserverSpec(cp, l.State.Binaries.KubeAPIServer, nil).Argv)
+}
+
 // setAPIServerFlags rewrites the API server's spec with extra flags; its
 // supervisor restarts it, as a kubelet does when a static pod's manifest
-// changes. It returns once the API server is ready again.
+// changes. It returns once the process with the new flags, and no other,
+// runs (seen in /proc on the machine, not through the API) and answers
+// /readyz. It needs no request through the limits it may be lifting, so it
+// works while the apiserver is saturated.
 func (l *Lab) setAPIServerFlags(ctx context.Context, extra map[string]string) error {
 	cp := l.State.Hosts[0]
-	if err := writeSpec(cp, "kube-apiserver", apiserverSpec(cp, l.State.Binaries.KubeAPIServer, extra)); err != nil {
+	spec := apiserverSpec(cp, l.State.Binaries.KubeAPIServer, extra)
+	if err := writeSpec(cp, "kube-apiserver", spec); err != nil {
 		return err
 	}
-	// The supervisor notices within a second; wait for the old process to
-	// stop answering before waiting for the new one.
-	sleepCtx(ctx, 3*time.Second)
-	return l.waitAPIServer(ctx, 90*time.Second)
+	var why string
+	err := poll(ctx, 200*time.Millisecond, apiserverTimeout, func(context.Context) bool {
+		var ok bool
+		ok, why = onlyArgvRunning(spec.Argv)
+		return ok
+	})
+	if err == errTimeout {
+		return fmt.Errorf("the apiserver was not restarted with its new flags within %s: %s\nhint: see %s", apiserverTimeout, why, filepath.Join(l.State.Dir, "logs", "cp-1-kube-apiserver.log"))
+	}
+	if err != nil {
+		return err
+	}
+	return l.waitAPIServer(ctx, apiserverTimeout)
 }
 
 func flagList(m map[string]string) string {
@@ -336,16 +465,21 @@ func waitRunning(ctx context.Context, c kubernetes.Interface, ns, selector strin
 	return names, err
 }
 
-// Reset ends the lab's incidents: the telemetry DaemonSet and the
-// preemption workloads are deleted, the PriorityClasses removed and the
-// API server's limits restored.
+// incidentNamespaces are where the incidents run their workloads.
+var incidentNamespaces = []string{TelemetryNamespace, IngesterNamespace, NewClusterNS}
+
+// Reset ends the lab's incidents: the API server's limits are restored
+// first (through its spec on the node, so this works while it is
+// saturated), then the telemetry DaemonSet and the preemption workloads are
+// deleted and the PriorityClasses removed. It returns once the namespaces
+// are gone from the apiserver and no worker's containerd runs any of their
+// containers.
 func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 	c, err := l.client()
 	if err != nil {
 		return err
 	}
-	cp := l.State.Hosts[0]
-	if cur, _, err := readSpec(specPath(cp, "kube-apiserver")); err != nil || !equalArgv(cur.Argv, apiserverSpec(cp, l.State.Binaries.KubeAPIServer, nil).Argv) {
+	if !l.apiserverHasDefaultFlags() {
 		fmt.Fprintln(log, "incident: restoring the apiserver's limits")
 		if err := l.setAPIServerFlags(ctx, nil); err != nil {
 			return err
@@ -353,28 +487,29 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 	}
 	fg := metav1.DeletePropagationForeground
 	del := metav1.DeleteOptions{PropagationPolicy: &fg}
-	for _, ns := range []string{TelemetryNamespace, IngesterNamespace, NewClusterNS} {
+	for _, ns := range incidentNamespaces {
 		if err := c.CoreV1().Namespaces().Delete(ctx, ns, del); err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return fmt.Errorf("delete namespace %s: %w", ns, err)
 		}
 	}
 	for _, name := range []string{"telemetry-agent"} {
 		if err := c.RbacV1().ClusterRoleBindings().Delete(ctx, name, del); err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return fmt.Errorf("delete ClusterRoleBinding %s: %w", name, err)
 		}
 		if err := c.RbacV1().ClusterRoles().Delete(ctx, name, del); err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return fmt.Errorf("delete ClusterRole %s: %w", name, err)
 		}
 	}
 	for _, pc := range []string{"critical", "high", "medium", "low"} {
 		if err := c.SchedulingV1().PriorityClasses().Delete(ctx, pc, del); err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return fmt.Errorf("delete PriorityClass %s: %w", pc, err)
 		}
 	}
 	// Wait for the namespaces to go, so that the incidents can start again.
+	const nsTimeout = 3 * time.Minute
 	var left string
-	err = poll(ctx, time.Second, 2*time.Minute, func(ctx context.Context) bool {
-		for _, ns := range []string{TelemetryNamespace, IngesterNamespace, NewClusterNS} {
+	err = poll(ctx, time.Second, nsTimeout, func(ctx context.Context) bool {
+		for _, ns := range incidentNamespaces {
 			if _, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				left = ns
 				return false
@@ -383,24 +518,15 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 		return true
 	})
 	if err == errTimeout {
-		return fmt.Errorf("namespace %s still terminating after 2m", left)
+		return fmt.Errorf("namespace %s still terminating after %s\nhint: see %s/logs/cp-1-kube-controller-manager.log", left, nsTimeout, l.State.Dir)
 	}
 	if err != nil {
+		return err
+	}
+	if err := l.waitGoneFromWorkers(ctx, agentsTimeout, incidentNamespaces...); err != nil {
 		return err
 	}
 	fmt.Fprintln(log, "incident: every incident object is gone")
 	l.State.Incidents = nil
 	return l.State.Save()
-}
-
-func equalArgv(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
