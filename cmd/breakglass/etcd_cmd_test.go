@@ -148,10 +148,12 @@ func TestGetCommand(t *testing.T) {
 		t.Errorf("selectors: exit %d, %q", code, out)
 	}
 
-	out, _, code = e.run(t, "get", "pods", "-A", "-o", "json")
+	// The storage view: one type-tagged line per key, the encrypted one
+	// included.
+	out, _, code = e.run(t, "get", "pods", "-A", "-o", "json", "--show-storage")
 	lines := jsonLines(t, out)
 	if code != 0 || len(lines) != 5 {
-		t.Fatalf("json: exit %d, %d lines", code, len(lines))
+		t.Fatalf("json --show-storage: exit %d, %d lines", code, len(lines))
 	}
 	var errs, objs int
 	for _, l := range lines {
@@ -174,9 +176,9 @@ func TestGetCommand(t *testing.T) {
 		t.Errorf("%d objects, %d errors", objs, errs)
 	}
 
-	out, _, code = e.run(t, "get", "pods", "dns-1", "-n", "kube-system", "-o", "yaml")
-	if code != 0 || !strings.Contains(out, "nodeName: n2") || !strings.Contains(out, "type: object") {
-		t.Errorf("get NAME -o yaml: exit %d\n%s", code, out)
+	out, errOut, code = e.run(t, "get", "pods", "dns-1", "-n", "kube-system", "-o", "yaml")
+	if code != 0 || !strings.Contains(out, "nodeName: n2") || !strings.HasPrefix(out, "apiVersion: v1\n") || !strings.Contains(out, "\nkind: Pod\n") || strings.Contains(out, "type: object") {
+		t.Errorf("get NAME -o yaml: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if _, errOut, code := e.run(t, "get", "pods", "nope"); code != 1 || !strings.Contains(errOut, "not found") {
 		t.Errorf("missing object: exit %d %s", code, errOut)
@@ -194,7 +196,7 @@ func TestGetCommand(t *testing.T) {
 	e.srv.Client.Put(context.Background(), "/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com", "k8s\x00"+string(ub))
 	e.srv.Client.Put(context.Background(), "/registry/example.com/widgets/shop/w1", `{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"w1","namespace":"shop"},"spec":{"size":2}}`)
 	out, errOut, code = e.run(t, "get", "widgets", "-n", "shop", "-o", "json")
-	if code != 0 || !strings.Contains(out, `"size":2`) {
+	if code != 0 || !strings.Contains(out, `"size": 2`) || !strings.Contains(out, `"kind": "Widget"`) {
 		t.Errorf("custom resource: exit %d %s %s", code, out, errOut)
 	}
 	out, _, code = e.run(t, "get", "crd")

@@ -208,15 +208,15 @@ spec:
 				if err := json.Unmarshal([]byte(e.kubectl(t, "", append([]string{"get", "-o", "json", "--show-managed-fields"}, c.kubectl...)...)), &api); err != nil {
 					return false, err
 				}
-				out, errOut, code := e.run(t, append(append([]string{"get"}, c.bg...), "-o", "json")...)
+				// get -o json prints what kubectl prints: the object itself.
+				out, errOut, code := e.run(t, append(append([]string{"get"}, c.bg...), "-o", "json", "--show-managed-fields")...)
 				if code != 0 {
 					return false, fmt.Errorf("breakglass get: exit %d: %s", code, errOut)
 				}
-				lines := jsonLines(t, out)
-				if len(lines) != 1 || lines[0]["type"] != "object" {
-					return false, fmt.Errorf("breakglass get: %s", out)
+				bg = map[string]any{}
+				if err := json.Unmarshal([]byte(out), &bg); err != nil {
+					return false, fmt.Errorf("breakglass get -o json is not one object: %v: %s", err, out)
 				}
-				bg = lines[0]["object"].(map[string]any)
 				rv := func(m map[string]any) any { return m["metadata"].(map[string]any)["resourceVersion"] }
 				return rv(api) == rv(bg), fmt.Errorf("resourceVersion %v (api) vs %v (etcd)", rv(api), rv(bg))
 			})

@@ -2,11 +2,21 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/breakglass/breakglass/etcd"
 )
@@ -22,6 +32,14 @@ type getOptions struct {
 	FieldSelector string
 	ChunkSize     int64
 	Consistent    bool
+	// ShowStorage prints the storage view: key, encoding, revision and size
+	// with each object (type-tagged lines with -o json|yaml, more columns in
+	// tables).
+	ShowStorage bool
+	// ShowSecrets prints Secret data as stored instead of REDACTED.
+	ShowSecrets bool
+	// ShowManagedFields keeps metadata.managedFields, which kubectl hides.
+	ShowManagedFields bool
 }
 
 func newCmdGet(d *Deps, runF func(*getOptions) error) *cobra.Command {
@@ -36,21 +54,38 @@ resources by plural or plural.group), same selectors, kubectl-like tables.
 Listings read large pages pinned to one etcd revision and decode only the
 metadata when that is enough (names, ages, label selectors), so that a
 listing of a big cluster is cheap for etcd and for breakglass. Values that
-cannot be decoded (encrypted at rest, corrupt) are reported per key, on
-stderr or as {"type":"error"} objects, and the listing goes on.
+cannot be decoded (encrypted at rest, corrupt) are reported per key on
+stderr, and the listing goes on.
 
 resourceVersion is the key's ModRevision, as the API server reports it.
 
-Output: -o table (default), wide, name, json or yaml. JSON prints one
-{"type":"object"} line per object (see docs/etcd.md).
+Output: -o table (default), wide, name, json or yaml. json and yaml print
+what kubectl get prints: the object when one NAME is given, else one List
+of all the objects, so jq, yq and kubectl apply -f - work on it; if a value
+could not be decoded it is missing from that output, and get exits 1 at the
+end. As kubectl does, every output leaves metadata.managedFields out unless
+--show-managed-fields.
 
-Exit codes: 0 ok, 1 error, 2 usage, 130 cancelled.`,
+--show-storage adds where each object is stored (key, encoding,
+ModRevision, size): with json and yaml, one {"type":"object"} or
+{"type":"error"} line or document per key instead (see docs/etcd.md); with
+tables, REVISION, BYTES, ENCODING and KEY columns.
+
+Secret data and stringData values, and a Secret's
+kubectl.kubernetes.io/last-applied-configuration annotation, are printed as
+REDACTED in every output; --show-secrets prints them as stored (base64),
+with a warning on stderr.
+
+Exit codes: 0 ok, 1 error (also: a value could not be decoded, with -o json
+or yaml without --show-storage), 2 usage, 130 cancelled.`,
 		Example: `  breakglass get nodes
   breakglass get ds -A
   breakglass get pods -A --field-selector spec.nodeName=node-7
   breakglass get pods,deployments -n kube-system -l k8s-app=kube-dns
   breakglass get priorityclasses -o json
-  breakglass get deployment web -n shop -o yaml`,
+  breakglass get deployment web -n shop -o json | jq .spec.replicas
+  breakglass get deployment web -n shop -o yaml
+  breakglass get secrets -A -o json --show-storage`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, r := range strings.Split(args[0], ",") {
@@ -74,6 +109,9 @@ Exit codes: 0 ok, 1 error, 2 usage, 130 cancelled.`,
 			if err := checkOutput(d, "table", "wide", "json", "yaml", "name"); err != nil {
 				return err
 			}
+			if o.ShowStorage && d.Global.Output == "name" {
+				return usagef("--show-storage does not apply to -o name")
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -87,11 +125,15 @@ Exit codes: 0 ok, 1 error, 2 usage, 130 cancelled.`,
 	f.StringVar(&o.FieldSelector, "field-selector", "", "field selector (spec.nodeName=node-1); any field path of the object works")
 	f.Int64Var(&o.ChunkSize, "chunk-size", etcd.DefaultPageSize, "keys per etcd page (large pages are cheaper for etcd)")
 	f.BoolVar(&o.Consistent, "consistent", false, "linearizable read through the etcd leader (default: serializable, works without quorum)")
+	f.BoolVar(&o.ShowStorage, "show-storage", false, "show each object's etcd key, encoding, revision and size (type-tagged lines with -o json|yaml)")
+	f.BoolVar(&o.ShowSecrets, "show-secrets", false, "print Secret data as stored instead of REDACTED")
+	f.BoolVar(&o.ShowManagedFields, "show-managed-fields", false, "keep metadata.managedFields in -o json|yaml (left out by default, as kubectl does)")
 	addEtcdFlags(cmd, d)
 	return cmd
 }
 
-// objectWire is one object in -o json/yaml output.
+// objectWire is one object in the storage view (-o json|yaml --show-storage):
+// the object with where and how it is stored.
 type objectWire struct {
 	Type        string `json:"type"`
 	Resource    string `json:"resource"`
@@ -105,7 +147,7 @@ type objectWire struct {
 	Object  any  `json:"object"`
 }
 
-// decodeErrorWire is a value that could not be decoded.
+// decodeErrorWire is a value that could not be decoded (storage view).
 type decodeErrorWire struct {
 	Type        string `json:"type"`
 	Resource    string `json:"resource"`
@@ -134,12 +176,20 @@ func runGet(ctx context.Context, d *Deps, o *getOptions) error {
 			return err
 		}
 		resources = append(resources, r)
+		if o.ShowSecrets && r.Group == "" && r.Kind == "Secret" {
+			fmt.Fprintln(d.ErrOut, "breakglass: warning: --show-secrets prints Secret data as stored (base64 is not encryption); keep this output out of logs and tickets")
+		}
 	}
 	consistency := etcd.Serializable
 	if o.Consistent {
 		consistency = etcd.Linearizable
 	}
 	p := newPrinter(d.Out, d.Global.Output)
+	// kp prints kubectl's shape; the storage view goes through p instead.
+	var kp *kubePrinter
+	if !p.Text() && !o.ShowStorage {
+		kp = &kubePrinter{w: d.Out, yaml: d.Global.Output == "yaml", single: len(o.Names) == 1}
+	}
 	wide := d.Global.Output == "wide"
 	now := d.Now()
 	var undecodable int
@@ -150,15 +200,27 @@ func runGet(ctx context.Context, d *Deps, o *getOptions) error {
 			ns = ""
 		}
 		showNS := r.Namespaced && o.AllNamespaces
-		var header []string
+		header := etcd.Columns(r, wide)
+		var extra []string
+		if o.ShowStorage {
+			extra = missingColumns(header, storageColumns)
+			header = append(header, extra...)
+		}
 		var rows [][]string
 		emit := func(obj *etcd.Object) error {
+			// Before any printer sees it.
+			o.scrub(obj)
 			if obj.Err != nil {
 				undecodable++
-				// With a selector, an undecodable value may or may not
-				// match: say so on stderr rather than list it as a match.
-				if !sel.Empty() && p.Text() {
+				switch {
+				case !sel.Empty() && (p.Text() || kp != nil):
+					// With a selector, an undecodable value may or may not
+					// match: say so on stderr rather than list it as a match.
 					fmt.Fprintf(d.ErrOut, "breakglass: %v (cannot tell whether it matches the selector)\n", obj.Err)
+					return nil
+				case kp != nil:
+					// kubectl's shape has no place for it.
+					fmt.Fprintf(d.ErrOut, "breakglass: %v\n", obj.Err)
 					return nil
 				}
 			}
@@ -166,6 +228,11 @@ func runGet(ctx context.Context, d *Deps, o *getOptions) error {
 			case d.Global.Output == "name":
 				_, err := fmt.Fprintln(d.Out, r.NameRef(obj.Name))
 				return err
+			case kp != nil:
+				if obj.Decoded.Partial {
+					fmt.Fprintf(d.ErrOut, "breakglass: %s: only apiVersion, kind and metadata are shown (%s is not in the client-go scheme)\n", obj.Key, obj.Decoded.GVK.Kind)
+				}
+				return kp.Print(obj.Decoded.Object)
 			case !p.Text():
 				return p.Object(wireOf(obj))
 			}
@@ -173,6 +240,9 @@ func runGet(ctx context.Context, d *Deps, o *getOptions) error {
 				fmt.Fprintf(d.ErrOut, "breakglass: %v\n", obj.Err)
 			}
 			row := etcd.Row(obj, wide, now)
+			for _, c := range extra {
+				row = append(row, storageCell(c, obj))
+			}
 			if showNS {
 				row = append([]string{obj.Namespace}, row...)
 			}
@@ -229,7 +299,6 @@ func runGet(ctx context.Context, d *Deps, o *getOptions) error {
 				}
 				continue
 			}
-			header = etcd.Columns(r, wide)
 			if showNS {
 				header = append([]string{"NAMESPACE"}, header...)
 			}
@@ -246,10 +315,133 @@ func runGet(ctx context.Context, d *Deps, o *getOptions) error {
 			}
 		}
 	}
+	// A listing that failed above leaves its List unclosed on purpose: cut
+	// JSON must not pass for a complete one.
+	if kp != nil {
+		if err := kp.Close(); err != nil {
+			return err
+		}
+		if undecodable > 0 {
+			return fmt.Errorf("%d value(s) could not be decoded and are missing from the output (reported above)\nhint: --show-storage prints them as {\"type\":\"error\"} lines with their keys and encodings", undecodable)
+		}
+	}
 	if undecodable > 0 && p.Text() {
 		fmt.Fprintf(d.ErrOut, "%d value(s) could not be decoded (shown above)\n", undecodable)
 	}
 	return nil
+}
+
+// scrub makes a decoded object fit for every printer: Secret values
+// redacted unless --show-secrets, managedFields dropped unless
+// --show-managed-fields (kubectl hides them too). A Secret that cannot be
+// redacted becomes an undecodable value rather than be printed.
+func (o *getOptions) scrub(obj *etcd.Object) {
+	if obj.Decoded == nil {
+		return
+	}
+	if !o.ShowSecrets {
+		red, err := redactSecret(obj.Decoded.Object)
+		if err != nil {
+			obj.Decoded, obj.Err = nil, fmt.Errorf("%s: %w", obj.Key, err)
+			return
+		}
+		obj.Decoded.Object = red
+	}
+	if !o.ShowManagedFields {
+		if m, err := meta.Accessor(obj.Decoded.Object); err == nil {
+			m.SetManagedFields(nil)
+		}
+	}
+}
+
+// redacted replaces each Secret value get would print.
+const redacted = "REDACTED"
+
+// redactSecret returns obj with each value of a Secret's data and stringData
+// replaced by REDACTED (the keys stay: the operator sees which exist), and
+// its last-applied-configuration annotation, which holds the same data, too.
+// Other objects are returned as they are; obj itself is never changed.
+// get calls it before any printer sees an object, so that no printer, now
+// or later, can leak a Secret.
+//
+// A typed Secret comes back unstructured: its data is []byte, which JSON
+// would print as the base64 of "REDACTED".
+func redactSecret(obj runtime.Object) (runtime.Object, error) {
+	_, typed := obj.(*corev1.Secret)
+	if !typed && obj.GetObjectKind().GroupVersionKind().GroupKind() != (schema.GroupKind{Kind: "Secret"}) {
+		return obj, nil
+	}
+	var u *unstructured.Unstructured
+	switch x := obj.(type) {
+	case *metav1.PartialObjectMetadata:
+		// Metadata only (tables): no data, but the annotation.
+		x = x.DeepCopy()
+		redactLastApplied(x)
+		return x, nil
+	case *unstructured.Unstructured:
+		u = x.DeepCopy()
+	default:
+		b, err := json.Marshal(obj)
+		if err != nil {
+			return nil, fmt.Errorf("redact secret: %w", err)
+		}
+		u = &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(b); err != nil {
+			return nil, fmt.Errorf("redact secret: %w", err)
+		}
+	}
+	for _, field := range []string{"data", "stringData"} {
+		if m, ok := u.Object[field].(map[string]any); ok {
+			for k := range m {
+				m[k] = redacted
+			}
+		}
+	}
+	redactLastApplied(u)
+	return u, nil
+}
+
+func redactLastApplied(m metav1.Object) {
+	a := m.GetAnnotations()
+	if _, ok := a[corev1.LastAppliedConfigAnnotation]; !ok {
+		return
+	}
+	c := maps.Clone(a)
+	c[corev1.LastAppliedConfigAnnotation] = redacted
+	m.SetAnnotations(c)
+}
+
+// storageColumns are what --show-storage adds to a table (wide has REVISION
+// and BYTES already for most resources).
+var storageColumns = []string{"REVISION", "BYTES", "ENCODING", "KEY"}
+
+func missingColumns(header, cols []string) []string {
+	var out []string
+	for _, c := range cols {
+		if !slices.Contains(header, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func storageCell(col string, o *etcd.Object) string {
+	switch col {
+	case "REVISION":
+		return strconv.FormatInt(o.ModRevision, 10)
+	case "BYTES":
+		return strconv.Itoa(o.Size)
+	case "KEY":
+		return o.Key
+	}
+	if o.Decoded != nil {
+		return string(o.Decoded.Encoding)
+	}
+	var de *etcd.DecodeError
+	if errors.As(o.Err, &de) {
+		return string(de.Encoding)
+	}
+	return "<unknown>"
 }
 
 func boolIndex(b bool) int {
