@@ -36,8 +36,39 @@ type Config struct {
 	CallTimeout time.Duration
 	// Dial, when set, replaces the TCP dialer (an SSH tunnel).
 	Dial DialFunc
-	// Source says where each setting came from, for errors and -v output.
+	// EndpointsFrom says which layer of settings Endpoints came from. Merge
+	// keeps it with the endpoints; decisions that depend on where the
+	// endpoints came from (the inventory's tunnel) are made on it.
+	EndpointsFrom Origin
+	// Source says where the settings came from, for errors and -v output
+	// only: it is prose, and Merge joins it, so never compare it.
 	Source string
+}
+
+// Origin is a layer of connection settings, highest precedence first.
+type Origin int
+
+const (
+	OriginNone      Origin = iota // no layer named endpoints
+	OriginFlags                   // --endpoints
+	OriginEnv                     // ETCDCTL_ENDPOINTS
+	OriginInventory               // the inventory's etcd.endpoints
+	OriginKubeadm                 // kubeadm's defaults on a control-plane node
+)
+
+// String names the origin as an operator would set it.
+func (o Origin) String() string {
+	switch o {
+	case OriginFlags:
+		return "--endpoints"
+	case OriginEnv:
+		return "ETCDCTL_ENDPOINTS"
+	case OriginInventory:
+		return "the inventory's etcd.endpoints"
+	case OriginKubeadm:
+		return "kubeadm's defaults"
+	}
+	return "nowhere"
 }
 
 // kubeadm's paths on a control-plane node: the API server's own etcd client
@@ -55,6 +86,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 	var c Config
 	if v := getenv("ETCDCTL_ENDPOINTS"); v != "" {
 		c.Endpoints = splitList(v)
+		c.EndpointsFrom = OriginEnv
 	}
 	c.CACert = getenv("ETCDCTL_CACERT")
 	c.Cert = getenv("ETCDCTL_CERT")
@@ -80,14 +112,20 @@ func KubeadmDefaults() (Config, bool) {
 		}
 		f.Close()
 	}
-	return Config{Endpoints: []string{KubeadmEndpoint}, CACert: KubeadmCACert, Cert: KubeadmCert, Key: KubeadmKey, Source: "kubeadm defaults"}, true
+	return Config{Endpoints: []string{KubeadmEndpoint}, EndpointsFrom: OriginKubeadm,
+		CACert: KubeadmCACert, Cert: KubeadmCert, Key: KubeadmKey, Source: "kubeadm defaults"}, true
 }
 
 // Merge returns c with every empty field taken from lower, so that
 // Merge(flags, env, inventory, kubeadm...) gives the flags precedence.
+// EndpointsFrom follows the endpoints: it is lower's when the endpoints are.
 func (c Config) Merge(lower Config) Config {
 	if len(c.Endpoints) == 0 {
 		c.Endpoints = lower.Endpoints
+		c.EndpointsFrom = OriginNone
+		if len(lower.Endpoints) > 0 {
+			c.EndpointsFrom = lower.EndpointsFrom
+		}
 		if c.Source == "" || lower.Source != "" {
 			c.Source = joinSource(c.Source, lower.Source)
 		}

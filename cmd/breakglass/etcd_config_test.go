@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -121,5 +122,93 @@ func TestEtcdConfigTunnel(t *testing.T) {
 	d.EtcdFlags.Endpoints = []string{"https://127.0.0.1:2379"}
 	if cfg, err = d.etcdConfig(ctx); err != nil || tunnelled != "" || cfg.Dial != nil {
 		t.Errorf("flag endpoints went through the tunnel: err %v node %q", err, tunnelled)
+	}
+}
+
+// The tunnel follows the endpoints, not the other settings: a CA, cert or
+// key from ETCDCTL_* still reaches the inventory's endpoints through the
+// tunnel; ETCDCTL_ENDPOINTS or --endpoints are dialled directly, and a
+// failed connection then says the tunnel was not used and why.
+func TestEtcdConfigTunnelFollowsEndpoints(t *testing.T) {
+	ctx := context.Background()
+	tunnelDeps := func(t *testing.T) (*Deps, *string) {
+		d, _ := etcdConfigDeps(t, true)
+		tunnelled := new(string)
+		d.EtcdTunnel = func(_ context.Context, _ *inventory.Inventory, node string) (etcd.DialFunc, error) {
+			*tunnelled = node
+			return func(ctx context.Context, addr string) (net.Conn, error) { return nil, net.ErrClosed }, nil
+		}
+		return d, tunnelled
+	}
+
+	for _, env := range []map[string]string{
+		{"ETCDCTL_CACERT": "/x"},
+		{"ETCDCTL_CACERT": "/x", "ETCDCTL_CERT": "/env/cert.pem", "ETCDCTL_KEY": "/env/key.pem", "ETCDCTL_DIAL_TIMEOUT": "3s"},
+	} {
+		d, tunnelled := tunnelDeps(t)
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+		cfg, err := d.etcdConfig(ctx)
+		if err != nil {
+			t.Fatalf("%v: %v", env, err)
+		}
+		if *tunnelled != "cp-1" || cfg.Dial == nil || cfg.EndpointsFrom != etcd.OriginInventory {
+			t.Errorf("%v: tunnel not used: node %q, dial %v, endpoints from %v, source %q", env, *tunnelled, cfg.Dial != nil, cfg.EndpointsFrom, cfg.Source)
+		}
+		if cfg.CACert != "/x" || strings.Join(cfg.Endpoints, ",") != "https://10.0.0.2:2379" {
+			t.Errorf("%v: want the env CA and the inventory's endpoints: %+v", env, cfg)
+		}
+		if tunnelNotUsed(d.inv, cfg) != "" {
+			t.Errorf("%v: a note about an unused tunnel, but it is used", env)
+		}
+		for k := range env {
+			os.Unsetenv(k)
+		}
+	}
+
+	// ETCDCTL_ENDPOINTS names endpoints reachable from here: no tunnel.
+	d, tunnelled := tunnelDeps(t)
+	t.Setenv("ETCDCTL_ENDPOINTS", "https://127.0.0.1:2379")
+	cfg, err := d.etcdConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *tunnelled != "" || cfg.Dial != nil || cfg.EndpointsFrom != etcd.OriginEnv {
+		t.Errorf("ETCDCTL_ENDPOINTS went through the tunnel: node %q, dial %v, endpoints from %v", *tunnelled, cfg.Dial != nil, cfg.EndpointsFrom)
+	}
+
+	// When that connection fails, the hint says the tunnel was not used
+	// and how to use it; -v says so before connecting.
+	d, _ = tunnelDeps(t) // which clears ETCDCTL_*
+	t.Setenv("ETCDCTL_ENDPOINTS", "https://127.0.0.1:2379")
+	var errOut strings.Builder
+	d.ErrOut = &errOut
+	d.Global.Verbose = 1
+	d.OpenEtcd = func(context.Context, etcd.Config) (*etcd.Store, error) {
+		return nil, errors.New("etcd https://127.0.0.1:2379: no endpoint answered\nhint: check the endpoints")
+	}
+	_, err = d.Etcd(ctx)
+	if err == nil || !strings.Contains(err.Error(), "hint: the inventory's etcd.tunnel cp-1 was not used") || !strings.Contains(err.Error(), "unset ETCDCTL_ENDPOINTS") {
+		t.Errorf("failed connection without the tunnel: err %v", err)
+	}
+	if !strings.Contains(errOut.String(), "etcd: note: the inventory's etcd.tunnel cp-1 was not used") {
+		t.Errorf("-v output has no note about the tunnel: %q", errOut.String())
+	}
+
+	// --endpoints: the same, naming the flag.
+	os.Unsetenv("ETCDCTL_ENDPOINTS")
+	d, tunnelled = tunnelDeps(t)
+	d.EtcdFlags.Endpoints = []string{"https://127.0.0.1:2379"}
+	d.OpenEtcd = func(context.Context, etcd.Config) (*etcd.Store, error) { return nil, errors.New("etcd: refused") }
+	if _, err := d.Etcd(ctx); *tunnelled != "" || err == nil || !strings.Contains(err.Error(), "drop --endpoints") {
+		t.Errorf("--endpoints: node %q, err %v", *tunnelled, err)
+	}
+
+	// Through the tunnel, a failure carries no such note.
+	d, _ = tunnelDeps(t)
+	d.OpenEtcd = func(context.Context, etcd.Config) (*etcd.Store, error) { return nil, errors.New("etcd: refused") }
+	if _, err := d.Etcd(ctx); err == nil || strings.Contains(err.Error(), "was not used") {
+		t.Errorf("through the tunnel: err %v", err)
 	}
 }

@@ -49,6 +49,7 @@ func (d *Deps) etcdConfig(ctx context.Context) (etcd.Config, error) {
 	f := d.EtcdFlags
 	cfg := etcd.Config{Endpoints: f.Endpoints, CACert: f.CACert, Cert: f.Cert, Key: f.Key, Prefix: f.Prefix, CallTimeout: d.Global.Timeout}
 	if len(f.Endpoints) > 0 {
+		cfg.EndpointsFrom = etcd.OriginFlags
 		cfg.Source = "flags"
 	}
 	cfg = cfg.Merge(etcd.ConfigFromEnv(os.Getenv))
@@ -59,6 +60,7 @@ func (d *Deps) etcdConfig(ctx context.Context) (etcd.Config, error) {
 	ie := inv.Etcd
 	fromInv := etcd.Config{Endpoints: ie.Endpoints, CACert: ie.CACert, Cert: ie.Cert, Key: ie.Key, Prefix: ie.Prefix, DialTimeout: ie.DialTimeout.Duration}
 	if len(ie.Endpoints) > 0 {
+		fromInv.EndpointsFrom = etcd.OriginInventory
 		fromInv.Source = "inventory " + inv.Path
 	}
 	cfg = cfg.Merge(fromInv)
@@ -67,9 +69,11 @@ func (d *Deps) etcdConfig(ctx context.Context) (etcd.Config, error) {
 			cfg = cfg.Merge(k)
 		}
 	}
-	// The tunnel applies when the endpoints are the inventory's own (flags
-	// and ETCDCTL_* name endpoints reachable from here).
-	if ie.Tunnel != "" && cfg.Source == fromInv.Source {
+	// The tunnel applies exactly when the endpoints are the inventory's own:
+	// --endpoints and ETCDCTL_ENDPOINTS name endpoints reachable from here.
+	// Certificates from flags or ETCDCTL_* do not change where etcd is, so
+	// they do not turn the tunnel off (see tunnelNotUsed for the other case).
+	if ie.Tunnel != "" && cfg.EndpointsFrom == etcd.OriginInventory {
 		dial, err := d.etcdTunnel(ctx, inv, ie.Tunnel)
 		if err != nil {
 			return cfg, err
@@ -78,6 +82,28 @@ func (d *Deps) etcdConfig(ctx context.Context) (etcd.Config, error) {
 		cfg.Source += " through SSH to " + ie.Tunnel
 	}
 	return cfg, nil
+}
+
+// tunnelNotUsed explains, when the inventory names an etcd.tunnel that cfg
+// does not use, why not and what to do; "" otherwise. Endpoints from
+// --endpoints or ETCDCTL_ENDPOINTS win over the inventory on purpose (an
+// operator on the control-plane node, or with a port-forward of their own),
+// but an ETCDCTL_ENDPOINTS left over in the shell is easy to miss, so the
+// note goes into -v output and into the hint of a failed connection.
+func tunnelNotUsed(inv *inventory.Inventory, cfg etcd.Config) string {
+	if inv == nil || inv.Etcd.Tunnel == "" || cfg.Dial != nil {
+		return ""
+	}
+	t := inv.Etcd.Tunnel
+	switch cfg.EndpointsFrom {
+	case etcd.OriginFlags:
+		return fmt.Sprintf("the inventory's etcd.tunnel %s was not used: --endpoints are dialled directly from here; drop --endpoints to reach the inventory's endpoints through SSH to %s", t, t)
+	case etcd.OriginEnv:
+		return fmt.Sprintf("the inventory's etcd.tunnel %s was not used: ETCDCTL_ENDPOINTS is set, and its endpoints are dialled directly from here; unset ETCDCTL_ENDPOINTS to reach the inventory's endpoints through SSH to %s", t, t)
+	case etcd.OriginInventory:
+		return ""
+	}
+	return fmt.Sprintf("the inventory's etcd.tunnel %s was not used: it carries the inventory's etcd.endpoints, and the inventory has none; add them (e.g. [https://127.0.0.1:2379])", t)
 }
 
 func (d *Deps) etcdTunnel(ctx context.Context, inv *inventory.Inventory, node string) (etcd.DialFunc, error) {
@@ -99,14 +125,22 @@ func (d *Deps) Etcd(ctx context.Context) (*etcd.Store, error) {
 			d.etcdErr = err
 			return
 		}
+		inv, _ := d.Inventory() // etcdConfig returned its error
+		note := tunnelNotUsed(inv, cfg)
 		if d.Global.Verbose > 0 {
 			fmt.Fprintf(d.ErrOut, "etcd: %s (from %s), prefix %s\n", strings.Join(cfg.Endpoints, ","), cfg.Source, etcd.NewLayout(cfg.Prefix).Prefix)
+			if note != "" {
+				fmt.Fprintf(d.ErrOut, "etcd: note: %s\n", note)
+			}
 		}
 		open := d.OpenEtcd
 		if open == nil {
 			open = etcd.Open
 		}
 		d.etcdStore, d.etcdErr = open(ctx, cfg)
+		if d.etcdErr != nil && note != "" {
+			d.etcdErr = fmt.Errorf("%w\nhint: %s", d.etcdErr, note)
+		}
 	})
 	return d.etcdStore, d.etcdErr
 }
@@ -191,7 +225,7 @@ func runWrite(ctx context.Context, d *Deps, question string, do func(o etcd.Writ
 	if d.Global.Verbose > 0 || (!d.Global.Yes && d.InIsTTY) {
 		fmt.Fprint(d.ErrOut, s.Codec.DiffChange(plan))
 	}
-	if err := confirm(d, fmt.Sprintf("%s (%s)?", question, plan.Summary)); err != nil {
+	if err := confirm(ctx, d, fmt.Sprintf("%s (%s)?", question, plan.Summary)); err != nil {
 		return err
 	}
 	j, err := d.openJournal()

@@ -30,9 +30,34 @@ and worker hosts, each in its own network and mount namespace with its own
 OpenSSH sshd, containerd and kubelet. It needs root. See docs/lab.md.`,
 	}
 	cmd.PersistentFlags().StringVar(&opts.Dir, "dir", ".lab", "lab `directory` (holds lab.json, the inventory, keys and logs)")
-	cmd.AddCommand(newCmdLabUp(d, opts), newCmdLabDown(d, opts), newCmdLabStatus(d, opts),
-		newCmdLabIncident(d, opts), newCmdLabBuild(d, opts), newCmdLabSupervise())
+	up, incident, build := newCmdLabUp(d, opts), newCmdLabIncident(d, opts), newCmdLabBuild(d, opts)
+	refuseDryRun(d, up, "it changes nothing but the lab")
+	refuseDryRun(d, incident, "it changes nothing but the lab")
+	refuseDryRun(d, build, "it changes nothing but the build cache")
+	cmd.AddCommand(up, newCmdLabDown(d, opts), newCmdLabStatus(d, opts), incident, build, newCmdLabSupervise())
 	return cmd
+}
+
+// The lab's entry points, as variables so that tests of the command line
+// can never bring a lab up or tear one down: lab down removes every lab on
+// the machine, whatever --dir says, and a test may run beside a live lab.
+var (
+	labUp       = lab.Up
+	labDown     = lab.Down
+	labDownPlan = lab.DownPlan
+)
+
+// refuseDryRun makes cmd refuse the global --dry-run with a usage error
+// instead of ignoring it: a lab command that does not support it must not
+// act when the operator asked to see only.
+func refuseDryRun(d *Deps, cmd *cobra.Command, why string) {
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if d.Global.DryRun {
+			return usagef("--dry-run is not supported by lab %s: %s; run it without --dry-run", c.Name(), why)
+		}
+		return run(c, args)
+	}
 }
 
 func newCmdLabUp(d *Deps, opts *labOptions) *cobra.Command {
@@ -45,7 +70,7 @@ and the workers, and wait until every worker is Ready. Writes lab.json and a
 ready breakglass.yaml inventory into the lab directory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Up(cmd.Context(), lab.Options{
+			l, err := labUp(cmd.Context(), lab.Options{
 				Dir: opts.Dir, Workers: opts.Workers, SSHHosts: opts.SSHHosts, Subnet: opts.Subnet,
 				CacheDir: opts.CacheDir, Log: d.ErrOut,
 			})
@@ -88,16 +113,52 @@ func newCmdLabDown(d *Deps, opts *labOptions) *cobra.Command {
 		Short: "Remove the lab and everything it made",
 		Long: `Remove every process, namespace, mount, bridge, cgroup and file the lab
 made. It works from what it finds on the machine, so it also cleans up after
-a crashed lab up. Safe to run when no lab is up.`,
+a crashed lab up. Safe to run when no lab is up.
+
+With --dry-run it lists what it would remove (on stdout; -o json prints one
+labDownPlan line) and removes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := lab.Down(cmd.Context(), opts.Dir, d.ErrOut); err != nil {
+			if d.Global.DryRun {
+				plan, err := labDownPlan(cmd.Context(), opts.Dir)
+				if err != nil {
+					return err
+				}
+				return printLabDownPlan(d, plan)
+			}
+			if err := labDown(cmd.Context(), opts.Dir, d.ErrOut); err != nil {
 				return err
 			}
 			fmt.Fprintln(d.ErrOut, "lab: down, nothing left behind")
 			return nil
 		},
 	}
+}
+
+// labDownPlanWire is lab down --dry-run -o json.
+type labDownPlanWire struct {
+	Type   string   `json:"type"`
+	DryRun bool     `json:"dryRun"`
+	Remove []string `json:"remove"`
+}
+
+func printLabDownPlan(d *Deps, plan []string) error {
+	if d.Global.Output == "json" {
+		if plan == nil {
+			plan = []string{}
+		}
+		return printJSON(d.Out, labDownPlanWire{Type: "labDownPlan", DryRun: true, Remove: plan})
+	}
+	if len(plan) == 0 {
+		fmt.Fprintln(d.Out, "lab down would remove nothing: no lab here (dry run)")
+		return nil
+	}
+	fmt.Fprintln(d.Out, "lab down would remove:")
+	for _, p := range plan {
+		fmt.Fprintf(d.Out, "  %s\n", p)
+	}
+	fmt.Fprintln(d.Out, "(dry run, nothing removed)")
+	return nil
 }
 
 func newCmdLabSupervise() *cobra.Command {

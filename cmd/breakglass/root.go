@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -91,18 +92,51 @@ func contains(list []string, s string) bool {
 
 // confirm asks the user to confirm a change unless --yes is set. Without a
 // terminal on stdin it refuses rather than guess.
-func confirm(d *Deps, question string) error {
+//
+// The answer is read in a goroutine so that Ctrl-C at the prompt ends it at
+// once: SIGINT cancels ctx (main's signalContext), but a read from a
+// terminal is not interrupted by it. The error then wraps ctx's cause, so
+// that the command exits 130. The reader left blocked is harmless: the
+// command is ending, and a terminal drops the line Ctrl-C interrupted.
+func confirm(ctx context.Context, d *Deps, question string) error {
 	if d.Global.Yes {
 		return nil
 	}
 	if !d.InIsTTY {
 		return &refusedError{fmt.Errorf("%s: not confirmed\nhint: stdin is not a terminal; pass --yes to confirm", question)}
 	}
-	fmt.Fprintf(d.ErrOut, "%s [y/N] ", question)
-	var answer string
-	fmt.Fscanln(d.In, &answer)
-	if a := strings.ToLower(strings.TrimSpace(answer)); a == "y" || a == "yes" {
-		return nil
+	if ctx.Err() != nil {
+		return promptCancelled(ctx, question)
 	}
-	return &refusedError{fmt.Errorf("%s: not confirmed", question)}
+	fmt.Fprintf(d.ErrOut, "%s [y/N] ", question)
+	answers := make(chan string, 1)
+	go func() {
+		var answer string
+		fmt.Fscanln(d.In, &answer)
+		answers <- answer
+	}()
+	select {
+	case answer := <-answers:
+		if a := strings.ToLower(strings.TrimSpace(answer)); a == "y" || a == "yes" {
+			return nil
+		}
+		return &refusedError{fmt.Errorf("%s: not confirmed", question)}
+	case <-ctx.Done():
+		// The terminal echoed ^C after the question; end the line so that
+		// what follows (and the shell prompt) starts on its own.
+		fmt.Fprintln(d.ErrOut)
+		return promptCancelled(ctx, question)
+	}
+}
+
+// promptCancelled is confirm's error when ctx ended before an answer. It
+// wraps both ctx.Err() and the cause: the cause (a *signalError) makes the
+// exit code 130, and context.Canceled tells reportError not to repeat the
+// question before its own "cancelled" line.
+func promptCancelled(ctx context.Context, question string) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if cause == nil || cause == err {
+		return fmt.Errorf("%s: not confirmed: %w", question, err)
+	}
+	return fmt.Errorf("%s: not confirmed: %w (%w)", question, err, cause)
 }

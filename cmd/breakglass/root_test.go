@@ -105,21 +105,21 @@ func TestVersion(t *testing.T) {
 func TestConfirm(t *testing.T) {
 	d := testDeps()
 	d.ErrOut = &bytes.Buffer{}
-	if err := confirm(d, "delete it?"); exitCode(err, context.Background()) != 4 || !strings.Contains(err.Error(), "--yes") {
+	if err := confirm(context.Background(), d, "delete it?"); exitCode(err, context.Background()) != 4 || !strings.Contains(err.Error(), "--yes") {
 		t.Errorf("no terminal, no --yes: err %v, want a refusal naming --yes", err)
 	}
 	d.Global.Yes = true
-	if err := confirm(d, "delete it?"); err != nil {
+	if err := confirm(context.Background(), d, "delete it?"); err != nil {
 		t.Errorf("--yes: %v", err)
 	}
 	d.Global.Yes = false
 	d.InIsTTY = true
 	d.In = strings.NewReader("y\n")
-	if err := confirm(d, "delete it?"); err != nil {
+	if err := confirm(context.Background(), d, "delete it?"); err != nil {
 		t.Errorf("answered y: %v", err)
 	}
 	d.In = strings.NewReader("n\n")
-	if err := confirm(d, "delete it?"); err == nil {
+	if err := confirm(context.Background(), d, "delete it?"); err == nil {
 		t.Error("answered n: no error")
 	}
 }
