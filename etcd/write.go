@@ -157,33 +157,55 @@ func (s *Store) Write(ctx context.Context, r Resource, key string, intent Intent
 		if o.DryRun {
 			return c, nil
 		}
-		if err := o.Journal.Intent(ctx, c); err != nil {
-			return nil, fmt.Errorf("journal: %w\nhint: nothing was written; fix the journal (--journal FILE) and retry", err)
+		now, err := s.Apply(ctx, c, o.Journal)
+		var conflict *ConflictError
+		if !errors.As(err, &conflict) {
+			return c, err
 		}
-		ok, now, err := s.cas(ctx, c)
-		if err != nil {
-			uerr := &UnknownOutcomeError{Key: key, Err: err}
-			if errors.Is(err, context.Canceled) {
-				uerr.Err = err
-			}
-			if jerr := o.Journal.Outcome(context.WithoutCancel(ctx), c, uerr); jerr != nil {
-				return nil, errors.Join(uerr, fmt.Errorf("journal: %w", jerr))
-			}
-			return nil, uerr
-		}
-		if ok {
-			return c, o.Journal.Outcome(ctx, c, nil)
-		}
-		conflict := &ConflictError{Key: key, Attempts: attempt, Retrying: attempt < o.MaxAttempts}
-		if err := o.Journal.Outcome(ctx, c, conflict); err != nil {
-			return nil, fmt.Errorf("journal: %w", err)
-		}
-		if !conflict.Retrying {
+		if attempt == o.MaxAttempts {
+			conflict.Retrying = false
 			return nil, conflict
 		}
 		cur = now
 	}
 	panic("unreachable")
+}
+
+// Apply makes exactly the planned change c: it journals the intent, writes
+// c.After (or deletes) in a transaction that compares the key's ModRevision
+// with c.BeforeRevision, and journals the outcome. It never re-reads and
+// re-applies: when the key moved since c was planned it writes nothing and
+// returns a *ConflictError, with the key's value now (nil when it is gone),
+// so that the caller can plan again and show the operator the new change.
+func (s *Store) Apply(ctx context.Context, c *Change, j Journal) (now *mvccpb.KeyValue, err error) {
+	if j == nil {
+		return nil, errors.New("internal: a write needs a journal")
+	}
+	if c.Resource.Name == "secrets" && c.Resource.Group == "" || strings.HasPrefix(c.Key, s.Layout.Prefix+"/secrets/") {
+		return nil, &RefusedError{Reason: fmt.Sprintf("%s: breakglass does not write Secrets: their values would be journaled and shown in clear\nhint: change Secrets with kubectl once the API server answers", c.Key)}
+	}
+	if c.Attempt == 0 {
+		c.Attempt = 1
+	}
+	if err := j.Intent(ctx, c); err != nil {
+		return nil, fmt.Errorf("journal: %w\nhint: nothing was written; fix the journal (--journal FILE) and retry", err)
+	}
+	ok, now, err := s.cas(ctx, c)
+	if err != nil {
+		uerr := &UnknownOutcomeError{Key: c.Key, Err: err}
+		if jerr := j.Outcome(context.WithoutCancel(ctx), c, uerr); jerr != nil {
+			return nil, errors.Join(uerr, fmt.Errorf("journal: %w", jerr))
+		}
+		return nil, uerr
+	}
+	if ok {
+		return nil, j.Outcome(ctx, c, nil)
+	}
+	conflict := &ConflictError{Key: c.Key, Attempts: c.Attempt, Retrying: true}
+	if err := j.Outcome(ctx, c, conflict); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	return now, conflict
 }
 
 // cas runs the transaction of one attempt. On a lost race it returns the

@@ -5,11 +5,10 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	appsv1 "k8s.io/api/apps/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 
 	"github.com/breakglass/breakglass/etcd"
 	"github.com/breakglass/breakglass/recover/journal"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 func init() { register(newCmdDaemonSet) }
@@ -18,6 +17,7 @@ type daemonSetOptions struct {
 	Action    string // pause or resume
 	Ref       string
 	Namespace string
+	Force     bool
 }
 
 func newCmdDaemonSet(d *Deps) *cobra.Command {
@@ -59,6 +59,9 @@ func newCmdDaemonSetAction(d *Deps, action string, runF func(*daemonSetOptions) 
 		},
 	}
 	cmd.Flags().StringVarP(&o.Namespace, "namespace", "n", "", "namespace, when NAME has none")
+	if action == "pause" {
+		cmd.Flags().BoolVar(&o.Force, "force", false, "pause a control-plane or cluster-DNS DaemonSet in kube-system too")
+	}
 	addEtcdFlags(cmd, d)
 	addJournalFlag(cmd, d)
 	return cmd
@@ -70,57 +73,26 @@ func runDaemonSet(ctx context.Context, d *Deps, o *daemonSetOptions) error {
 	if err != nil {
 		return err
 	}
-	s, err := d.Etcd(ctx)
+	e, k, stream, err := d.changeEngine(ctx)
 	if err != nil {
 		return err
 	}
-	op := "daemonset-" + o.Action
-	var pausedBy string
-	err = runWrite(ctx, d, fmt.Sprintf("%s daemonset %s/%s", o.Action, ns, name), func(w etcd.WriteOptions) (*etcd.Change, error) {
-		w.Op = op
-		m := etcd.ResumeDaemonSet()
-		if o.Action == "pause" {
-			// The real write's ID is in the annotation; a dry run has none.
-			id := w.ID
-			if id == "" {
-				id = "<change-id>"
-			}
-			m = etcd.PauseDaemonSet(id)
-		} else if obj, err := s.GetObject(ctx, r, ns, name, etcd.Linearizable); err == nil && obj.Decoded != nil {
-			pausedBy = obj.Decoded.Meta().GetAnnotations()[etcd.PausedByAnnotation]
+	defer stream.Close()
+	obj := steps.Object{Resource: r, Namespace: ns, Name: name}
+	if o.Action == "pause" {
+		_, err := e.Run(ctx, steps.PauseDaemonSet(k, obj, o.Force))
+		return err
+	}
+	pausedBy := steps.PausedBy(ctx, k, obj)
+	plan, err := e.Run(ctx, steps.ResumeDaemonSet(k, obj))
+	if err != nil || pausedBy == "" || d.Global.DryRun || len(plan.Items) == 0 {
+		return err
+	}
+	if recs, err := journal.Read(d.journalPath()); err == nil {
+		if note := steps.ResumeNote(ctx, k, recs, obj, pausedBy); note != "" {
+			stream.Flush()
+			fmt.Fprintf(d.ErrOut, "note: %s\n", note)
 		}
-		return s.Update(ctx, r, ns, name, m, w)
-	}, op, "")
-	if err != nil || o.Action != "resume" || pausedBy == "" || d.Global.DryRun {
-		return err
 	}
-	checkResume(ctx, d, s, r, ns, name, pausedBy)
 	return nil
-}
-
-// checkResume compares the resumed spec with the one the journal recorded
-// before the pause, and says so if they differ (someone changed the spec
-// while the DaemonSet was paused: their change is kept).
-func checkResume(ctx context.Context, d *Deps, s *etcd.Store, r etcd.Resource, ns, name, pausedBy string) {
-	recs, err := journal.Read(d.journalPath())
-	if err != nil {
-		return
-	}
-	intent, _, err := journal.Applied(recs, pausedBy)
-	if err != nil || intent.Before == nil || intent.Before.Absent {
-		return
-	}
-	before, err := s.Codec.Decode(intent.Target.Key, intent.Before.Bytes, intent.Before.Revision)
-	if err != nil {
-		return
-	}
-	now, err := s.GetObject(ctx, r, ns, name, etcd.Linearizable)
-	if err != nil || now.Decoded == nil {
-		return
-	}
-	b, ok1 := before.Object.(*appsv1.DaemonSet)
-	a, ok2 := now.Decoded.Object.(*appsv1.DaemonSet)
-	if ok1 && ok2 && !equality.Semantic.DeepEqual(a.Spec, b.Spec) {
-		fmt.Fprintf(d.ErrOut, "note: the spec differs from the one before pause %s: it was changed while paused (kept)\n", pausedBy)
-	}
 }

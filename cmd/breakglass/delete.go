@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
-	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/recover/change"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 func init() { register(func(d *Deps) *cobra.Command { return newCmdDelete(d, nil) }) }
@@ -15,6 +15,7 @@ type deleteOptions struct {
 	Resource  string
 	Ref       string
 	Namespace string
+	Force     bool
 }
 
 func newCmdDelete(d *Deps, runF func(*deleteOptions) error) *cobra.Command {
@@ -30,7 +31,11 @@ This is not the API server's graceful delete: finalizers do not run,
 dependents are not garbage-collected until the garbage collector notices,
 and a pod's containers keep running until its kubelet learns the pod is gone.
 Use it for objects whose presence is the incident (a FlowSchema, a webhook
-configuration, a runaway DaemonSet). Secrets are refused.
+configuration, a runaway DaemonSet). Secrets are refused. These are refused
+without --force, because deleting them makes an incident worse: Namespaces,
+CustomResourceDefinitions, mirror pods of static pods, the apiserver's
+mandatory FlowSchemas and PriorityLevelConfigurations (exempt, catch-all),
+and kube-system workloads of the control plane or cluster DNS.
 
 Exit codes: 0 ok, 1 error, 2 usage, 4 refused, 130 cancelled.`,
 		Example: `  breakglass delete flowschema bad-schema --dry-run
@@ -49,6 +54,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 4 refused, 130 cancelled.`,
 		},
 	}
 	cmd.Flags().StringVarP(&o.Namespace, "namespace", "n", "", "namespace, when NAME has none")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "delete a protected object too (see the list above)")
 	addEtcdFlags(cmd, d)
 	addJournalFlag(cmd, d)
 	return cmd
@@ -67,17 +73,8 @@ func runDelete(ctx context.Context, d *Deps, o *deleteOptions) error {
 	if err != nil {
 		return err
 	}
-	if obj, err := s.GetObject(ctx, r, ns, name, etcd.Linearizable); err == nil && obj.Decoded != nil {
-		if f := obj.Decoded.Meta().GetFinalizers(); len(f) > 0 {
-			fmt.Fprintf(d.ErrOut, "note: %s has finalizers %v: they will not run\n", name, f)
-		}
-	}
-	ref := name
-	if ns != "" {
-		ref = ns + "/" + name
-	}
-	return runWrite(ctx, d, fmt.Sprintf("delete %s %s from etcd", r.GroupResource(), ref), func(w etcd.WriteOptions) (*etcd.Change, error) {
-		w.Op = "delete"
-		return s.Delete(ctx, r, ns, name, w)
-	}, "delete", "")
+	_, err = runChange(ctx, d, func(k *change.Etcd) change.Planner {
+		return steps.Delete(k, steps.Object{Resource: r, Namespace: ns, Name: name}, o.Force)
+	})
+	return err
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -181,96 +180,4 @@ func objectRef(r etcd.Resource, arg, namespace string) (ns, name string, err err
 		return namespace, arg, nil
 	}
 	return "", arg, nil
-}
-
-// changeWire is the JSON output of a write (type "change").
-type changeWire struct {
-	Type           string `json:"type"`
-	ID             string `json:"id,omitempty"`
-	Op             string `json:"op"`
-	Resource       string `json:"resource"`
-	Namespace      string `json:"namespace,omitempty"`
-	Name           string `json:"name"`
-	Key            string `json:"key"`
-	Summary        string `json:"summary"`
-	DryRun         bool   `json:"dryRun,omitempty"`
-	Unchanged      bool   `json:"unchanged,omitempty"`
-	BeforeRevision int64  `json:"beforeRevision"`
-	Revision       int64  `json:"revision,omitempty"`
-	Attempts       int    `json:"attempts,omitempty"`
-	Diff           string `json:"diff,omitempty"`
-	Journal        string `json:"journal,omitempty"`
-	Undoes         string `json:"undoes,omitempty"`
-}
-
-// runWrite is the common shape of every etcd write command: compute the
-// change without writing it, show it, ask, then make it (journaled, CAS),
-// and print what happened.
-func runWrite(ctx context.Context, d *Deps, question string, do func(o etcd.WriteOptions) (*etcd.Change, error), op, undoes string) error {
-	s, err := d.Etcd(ctx)
-	if err != nil {
-		return err
-	}
-	p := newPrinter(d.Out, d.Global.Output)
-	plan, err := do(etcd.WriteOptions{DryRun: true})
-	if errors.Is(err, etcd.ErrNoChange) {
-		return printChange(d, p, plan, op, undoes, "", true, false)
-	}
-	if err != nil {
-		return err
-	}
-	if d.Global.DryRun {
-		return printChange(d, p, plan, op, undoes, "", false, true)
-	}
-	if d.Global.Verbose > 0 || (!d.Global.Yes && d.InIsTTY) {
-		fmt.Fprint(d.ErrOut, s.Codec.DiffChange(plan))
-	}
-	if err := confirm(ctx, d, fmt.Sprintf("%s (%s)?", question, plan.Summary)); err != nil {
-		return err
-	}
-	j, err := d.openJournal()
-	if err != nil {
-		return err
-	}
-	id := journal.NewID(d.Now())
-	var jr etcd.Journal = j.ForEtcd(undoes)
-	ch, err := do(etcd.WriteOptions{ID: id, Op: op, Journal: jr})
-	if errors.Is(err, etcd.ErrNoChange) {
-		return printChange(d, p, ch, op, undoes, "", true, false)
-	}
-	if err != nil {
-		return err
-	}
-	ch.ID = id
-	return printChange(d, p, ch, op, undoes, j.Path(), false, false)
-}
-
-func printChange(d *Deps, p Printer, c *etcd.Change, op, undoes, journalPath string, unchanged, dryRun bool) error {
-	s, _ := d.Etcd(context.Background())
-	w := changeWire{Type: "change", ID: c.ID, Op: op, Resource: c.Resource.GroupResource(), Namespace: c.Namespace, Name: c.Name, Key: c.Key,
-		Summary: c.Summary, DryRun: dryRun, Unchanged: unchanged, BeforeRevision: c.BeforeRevision, Revision: c.Revision, Attempts: c.Attempt,
-		Journal: journalPath, Undoes: undoes}
-	if dryRun && s != nil {
-		w.Diff = s.Codec.DiffChange(c)
-	}
-	if !p.Text() {
-		return p.Object(w)
-	}
-	ref := c.Name
-	if c.Namespace != "" {
-		ref = c.Namespace + "/" + c.Name
-	}
-	switch {
-	case unchanged:
-		fmt.Fprintf(d.Out, "%s %s: unchanged (%s)\n", c.Resource.GroupResource(), ref, "already as wanted")
-	case dryRun:
-		fmt.Fprintf(d.Out, "%s %s: %s (dry run, nothing written)\n", c.Resource.GroupResource(), ref, c.Summary)
-		fmt.Fprint(d.Out, w.Diff)
-	default:
-		fmt.Fprintf(d.Out, "%s %s: %s\nchange %s at revision %d (undo: breakglass undo %s)\n", c.Resource.GroupResource(), ref, c.Summary, c.ID, c.Revision, c.ID)
-		if c.Attempt > 1 {
-			fmt.Fprintf(d.ErrOut, "note: the object changed while writing; re-applied onto the new value (attempt %d)\n", c.Attempt)
-		}
-	}
-	return nil
 }

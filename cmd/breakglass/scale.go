@@ -2,11 +2,12 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/recover/change"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 func init() { register(func(d *Deps) *cobra.Command { return newCmdScale(d, nil) }) }
@@ -16,6 +17,7 @@ type scaleOptions struct {
 	Ref       string
 	Namespace string
 	Replicas  int32
+	Force     bool
 }
 
 func newCmdScale(d *Deps, runF func(*scaleOptions) error) *cobra.Command {
@@ -27,13 +29,17 @@ func newCmdScale(d *Deps, runF func(*scaleOptions) error) *cobra.Command {
 compare-and-swap transaction on the object's ModRevision, in the encoding and
 API version it is stored in, with metadata.generation bumped. If the object
 changes between the read and the write, the change is re-applied onto the new
-value (a few times, then it gives up). The previous value is journaled before
+value (a few times, then it gives up, exit 4). The previous value is journaled before
 the write, so that "breakglass undo CHANGE-ID" can put it back.
 
 The API server sees the change through its watch on etcd; the controllers act
 on it when they run.
 
---dry-run prints the diff without writing. Without --yes, it asks first.
+--dry-run prints the diff without writing. Without --yes, it asks first, and
+writes exactly what was shown: if the object changed while the question was
+open, it is planned again from the new value and the new diff is asked about.
+Workloads of the control plane or cluster DNS in kube-system are refused
+without --force.
 
 Exit codes: 0 ok, 1 error, 2 usage, 4 refused, 130 cancelled.`,
 		Example: `  breakglass scale deployment shop/web --replicas 0 --dry-run
@@ -58,6 +64,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 4 refused, 130 cancelled.`,
 		},
 	}
 	cmd.Flags().Int32Var(&o.Replicas, "replicas", 0, "the new number of replicas")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "scale a control-plane or cluster-DNS workload in kube-system too")
 	cmd.Flags().StringVarP(&o.Namespace, "namespace", "n", "", "namespace, when NAME has none")
 	addEtcdFlags(cmd, d)
 	addJournalFlag(cmd, d)
@@ -79,13 +86,8 @@ func runScale(ctx context.Context, d *Deps, o *scaleOptions) error {
 	if err != nil {
 		return err
 	}
-	s, err := d.Etcd(ctx)
-	if err != nil {
-		return err
-	}
-	return runWrite(ctx, d, fmt.Sprintf("scale %s %s/%s to %d", r.GroupResource(), ns, name, o.Replicas),
-		func(w etcd.WriteOptions) (*etcd.Change, error) {
-			w.Op = "scale"
-			return s.Update(ctx, r, ns, name, etcd.Scale(o.Replicas), w)
-		}, "scale", "")
+	_, err = runChange(ctx, d, func(k *change.Etcd) change.Planner {
+		return steps.Scale(k, steps.Object{Resource: r, Namespace: ns, Name: name}, o.Replicas, o.Force)
+	})
+	return err
 }

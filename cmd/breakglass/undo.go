@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
-	"github.com/breakglass/breakglass/etcd"
 	"github.com/breakglass/breakglass/recover/journal"
 )
 
@@ -56,25 +54,11 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	if err != nil {
 		return err
 	}
-	intent, _, err := journal.Applied(recs, o.ID)
+	e, _, stream, err := d.changeEngine(ctx)
 	if err != nil {
 		return err
 	}
-	s, err := d.Etcd(ctx)
-	if err != nil {
-		return err
-	}
-	var j *journal.Journal
-	return runWrite(ctx, d, fmt.Sprintf("undo change %s (%s %s)", o.ID, intent.Op, intent.Target.Key), func(w etcd.WriteOptions) (*etcd.Change, error) {
-		if !w.DryRun && j == nil {
-			// runWrite opened the journal for this write; Undo records
-			// through its own etcd journal so that the records say what
-			// they undo.
-			var err error
-			if j, err = d.openJournal(); err != nil {
-				return nil, err
-			}
-		}
-		return journal.Undo(ctx, s, j, recs, journal.UndoOptions{ID: o.ID, NewID: w.ID, Force: o.Force, DryRun: w.DryRun})
-	}, "undo", o.ID)
+	defer stream.Close()
+	_, err = e.Undo(ctx, recs, o.ID, o.Force)
+	return err
 }

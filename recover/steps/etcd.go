@@ -1,0 +1,143 @@
+// Package steps holds the levers breakglass pulls, as planners for the
+// change engine (recover/change): each reads the state it needs from etcd
+// or the nodes and returns the exact changes. Commands and runbook steps
+// both build their changes here.
+package steps
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+
+	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/recover/change"
+	"github.com/breakglass/breakglass/recover/journal"
+)
+
+// Object names one Kubernetes object in etcd.
+type Object struct {
+	Resource        etcd.Resource
+	Namespace, Name string
+}
+
+// Ref is NAMESPACE/NAME, or NAME for a cluster-scoped object.
+func (o Object) Ref() string {
+	if o.Namespace == "" {
+		return o.Name
+	}
+	return o.Namespace + "/" + o.Name
+}
+
+// Scale plans spec.replicas = replicas on a Deployment, StatefulSet or
+// ReplicaSet. Control-plane workloads are refused unless force.
+func Scale(k *change.Etcd, o Object, replicas int32, force bool) change.Planner {
+	return etcdPlanner(k, "scale", fmt.Sprintf("scale %s %s to %d", o.Resource.GroupResource(), o.Ref(), replicas), force,
+		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
+			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.Scale(replicas), w)
+		})
+}
+
+// PauseDaemonSet plans pinning a DaemonSet's pod template to a node
+// selector no node matches; the change's ID is recorded on it so that
+// resume can compare with the spec before the pause.
+func PauseDaemonSet(k *change.Etcd, o Object, force bool) change.Planner {
+	return etcdPlanner(k, "daemonset-pause", fmt.Sprintf("pause daemonset %s", o.Ref()), force,
+		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
+			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.PauseDaemonSet(id), w)
+		})
+}
+
+// ResumeDaemonSet plans removing the pause selector again.
+func ResumeDaemonSet(k *change.Etcd, o Object) change.Planner {
+	return etcdPlanner(k, "daemonset-resume", fmt.Sprintf("resume daemonset %s", o.Ref()), true,
+		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
+			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.ResumeDaemonSet(), w)
+		})
+}
+
+// Delete plans removing one object's key. Protected objects (Namespaces,
+// CRDs, mirror pods, the control plane's own workloads and flow-control
+// objects) are refused unless force.
+func Delete(k *change.Etcd, o Object, force bool) change.Planner {
+	return etcdPlanner(k, "delete", fmt.Sprintf("delete %s %s from etcd", o.Resource.GroupResource(), o.Ref()), force,
+		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
+			return k.Store.Delete(ctx, o.Resource, o.Namespace, o.Name, w)
+		})
+}
+
+// etcdPlanner turns a dry-run write into a planner: the write reads the
+// object and computes the exact bytes without writing them. The object as
+// read is checked against the protected list (unless force) and for facts
+// the operator should see before confirming.
+func etcdPlanner(k *change.Etcd, op, title string, force bool, write func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error)) change.Planner {
+	return func(ctx context.Context, id string) (*change.Plan, error) {
+		var planned *etcd.Change
+		p, err := k.Plan(id, op, title, func(w etcd.WriteOptions) (*etcd.Change, error) {
+			c, err := write(ctx, id, w)
+			planned = c
+			return c, err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if planned == nil || planned.Before == nil {
+			return p, nil
+		}
+		d, err := k.Store.Codec.Decode(planned.Key, planned.Before, planned.BeforeRevision)
+		if err != nil {
+			return p, nil // the write itself refuses what it cannot decode
+		}
+		if why := Protected(planned.Resource, d); why != "" && !force && len(p.Items) > 0 {
+			return nil, change.Refusedf("%s %s: %s\nhint: pass --force if this is really what the incident needs", planned.Resource.GroupResource(), refOf(planned), why)
+		}
+		if op == "delete" {
+			if f := d.Meta().GetFinalizers(); len(f) > 0 {
+				p.Notes = append(p.Notes, fmt.Sprintf("%s has finalizers %v: they will not run", refOf(planned), f))
+			}
+		}
+		return p, nil
+	}
+}
+
+func refOf(c *etcd.Change) string {
+	if c.Namespace == "" {
+		return c.Name
+	}
+	return c.Namespace + "/" + c.Name
+}
+
+// ResumeNote compares a resumed DaemonSet's spec with the spec the journal
+// recorded before the pause it undoes, and returns a note when they differ
+// (someone changed the spec while it was paused: their change is kept).
+// pausedBy is the pause's change ID, read from the object before resuming.
+func ResumeNote(ctx context.Context, k *change.Etcd, records []journal.Record, o Object, pausedBy string) string {
+	intent, _, err := journal.Applied(records, pausedBy)
+	if err != nil || intent.Before == nil || intent.Before.Absent {
+		return ""
+	}
+	before, err := k.Store.Codec.Decode(intent.Target.Key, intent.Before.Bytes, intent.Before.Revision)
+	if err != nil {
+		return ""
+	}
+	now, err := k.Store.GetObject(ctx, o.Resource, o.Namespace, o.Name, etcd.Linearizable)
+	if err != nil || now.Decoded == nil {
+		return ""
+	}
+	b, ok1 := before.Object.(*appsv1.DaemonSet)
+	a, ok2 := now.Decoded.Object.(*appsv1.DaemonSet)
+	if ok1 && ok2 && !equality.Semantic.DeepEqual(a.Spec, b.Spec) {
+		return fmt.Sprintf("the spec differs from the one before pause %s: it was changed while paused (kept)", pausedBy)
+	}
+	return ""
+}
+
+// PausedBy returns the ID of the change that paused a DaemonSet, if any.
+func PausedBy(ctx context.Context, k *change.Etcd, o Object) string {
+	obj, err := k.Store.GetObject(ctx, o.Resource, o.Namespace, o.Name, etcd.Linearizable)
+	if err != nil || obj.Decoded == nil {
+		return ""
+	}
+	return obj.Decoded.Meta().GetAnnotations()[etcd.PausedByAnnotation]
+}
