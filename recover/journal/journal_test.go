@@ -3,6 +3,7 @@ package journal
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -90,5 +91,90 @@ func TestApplied(t *testing.T) {
 		if _, _, err := Applied(recs, id); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", id, err, want)
 		}
+	}
+}
+
+func TestOperator(t *testing.T) {
+	for _, tc := range []struct{ effective, host, sudo, want string }{
+		{"alice", "ops-1", "", "alice@ops-1"},
+		{"root", "ops-1", "alice", "alice@ops-1"}, // sudo: the human, not root
+		{"postgres", "ops-1", "alice", "alice@ops-1"},
+		{"root", "", "", "root"},
+	} {
+		env := map[string]string{"SUDO_USER": tc.sudo}
+		if got := operator(tc.effective, tc.host, func(k string) string { return env[k] }); got != tc.want {
+			t.Errorf("operator(%q, %q) with SUDO_USER=%q = %q, want %q", tc.effective, tc.host, tc.sudo, got, tc.want)
+		}
+	}
+}
+
+func TestRunAndOperator(t *testing.T) {
+	t.Setenv("SUDO_USER", "")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "journal.jsonl")
+	j, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Open(filepath.Join(dir, "other.jsonl"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One run ID per process, whichever journal it opens and how often.
+	if !regexp.MustCompile(`^run-\d{8}T\d{6}-[0-9a-f]{6}$`).MatchString(j.RunID()) || other.RunID() != j.RunID() {
+		t.Errorf("run IDs %q, %q", j.RunID(), other.RunID())
+	}
+	host, _ := os.Hostname()
+	if j.Operator() != j.user+"@"+host || j.user == "" {
+		t.Errorf("operator %q, user %q, host %q", j.Operator(), j.user, host)
+	}
+
+	rb := j.WithRun("rb-42")
+	if rb.Path() != path || rb.RunID() != "rb-42" || j.RunID() == "rb-42" || j.WithRun("").RunID() != j.RunID() {
+		t.Errorf("WithRun: %q %q %q", rb.Path(), rb.RunID(), j.RunID())
+	}
+	for _, a := range []struct {
+		j *Journal
+		r *Record
+	}{
+		{j, &Record{ID: "a"}},
+		{rb, &Record{ID: "b"}},
+		{rb, &Record{ID: "c", RunID: "given", Operator: "bob@laptop"}},
+	} {
+		if err := a.j.Append(a.r); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Setenv("SUDO_USER", "alice")
+	sudo, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sudo.Append(&Record{ID: "d"}); err != nil {
+		t.Fatal(err)
+	}
+
+	recs, err := Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.ID+" "+r.RunID+" "+r.Operator+" "+r.User)
+	}
+	u := j.user
+	want := []string{
+		"a " + j.RunID() + " " + u + "@" + host + " " + u,
+		"b rb-42 " + u + "@" + host + " " + u,
+		"c given bob@laptop " + u,
+		"d " + j.RunID() + " alice@" + host + " " + u, // the human, and the effective user
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	raw, _ := os.ReadFile(path)
+	if !strings.Contains(string(raw), `"operator":"alice@`+host+`","runId":"`+j.RunID()+`"`) {
+		t.Errorf("operator and runId in the file:\n%s", raw)
 	}
 }
