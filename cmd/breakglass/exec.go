@@ -10,6 +10,8 @@ import (
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
+	"github.com/breakglass/breakglass/recover/journal"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 func init() { register(func(d *Deps) *cobra.Command { return newCmdExec(d, nil) }) }
@@ -19,6 +21,8 @@ type execOptions struct {
 	ssh     sshFlags
 	command string
 	slowest int
+	// confirmAbove is the node count above which exec asks first.
+	confirmAbove int
 }
 
 func newCmdExec(d *Deps, runF func(*execOptions) error) *cobra.Command {
@@ -36,13 +40,19 @@ out), unreachable (no connection, or a timeout before the command started),
 refused (host key changed or unknown, authentication or sudo refused) or
 cancelled. A summary with the counts and the slowest nodes follows.
 
+On more than --confirm-above nodes (default 10) it asks first, unless --yes;
+with no terminal and no --yes it refuses (exit 4). Every run is journaled
+for the incident review, before anything runs (the command, the nodes, the
+operator) and when it ends (each node's status and exit code); an exec
+cannot be undone. --dry-run lists the nodes and runs nothing.
+
 Output: -o table (default) or wide prints one row per node; -o json prints
 one JSON object per node ("type":"nodeResult") as soon as that node ends
 (so in the order nodes end, each node exactly once), then a final
 "summary"; -o yaml prints the nodes in selection order at the end.
 
 Exit codes: 0 every node ok, 1 error, 2 usage, 3 some nodes not ok,
-130 cancelled (every node is still reported).`,
+4 not confirmed, 130 cancelled (every node is still reported).`,
 		Example: `  breakglass exec -- uptime
   breakglass exec --nodes role=control-plane -- crictl ps
   breakglass exec --nodes 'web-*' --exclude web-3 -o json -- systemctl is-active kubelet`,
@@ -64,6 +74,8 @@ Exit codes: 0 every node ok, 1 error, 2 usage, 3 some nodes not ok,
 	}
 	addNodeFlags(cmd, &opts.nodes)
 	addSSHFlags(cmd, &opts.ssh)
+	addJournalFlag(cmd, d)
+	cmd.Flags().IntVar(&opts.confirmAbove, "confirm-above", 10, "ask before running on more than this many nodes (0: always ask)")
 	return cmd
 }
 
@@ -108,11 +120,24 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 	if d.Global.DryRun {
 		return printExecPlan(d, nodes, opts)
 	}
+	if len(nodes) > opts.confirmAbove {
+		if err := confirm(ctx, d, fmt.Sprintf("run %q on %d nodes?", opts.command, len(nodes))); err != nil {
+			return err
+		}
+	}
 	r, err := newRunner(d, &opts.ssh)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	j, err := d.openJournal()
+	if err != nil {
+		return err
+	}
+	audit, err := steps.StartExec(j, journal.NewID(d.Now()), opts.command, nodes)
+	if err != nil {
+		return err
+	}
 
 	bar := startProgress(d, "exec", len(nodes))
 	onEvent := bar.onEvent()
@@ -126,6 +151,9 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 	}
 	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: opts.command}, fanoutOptions(d, &opts.ssh, onEvent))
 	bar.clear()
+	if err := audit.Finish(results); err != nil {
+		fmt.Fprintf(d.ErrOut, "breakglass: journal: %v (the run itself is reported below)\n", err)
+	}
 	sum := fanout.Summarize(results, opts.slowest)
 	if stream != nil {
 		if stream.err != nil {

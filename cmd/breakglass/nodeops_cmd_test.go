@@ -20,6 +20,7 @@ import (
 	"github.com/breakglass/breakglass/lab/labtest"
 	"github.com/breakglass/breakglass/nodeops/simssh"
 	"github.com/breakglass/breakglass/nodeops/sshdtest"
+	"github.com/breakglass/breakglass/recover/journal"
 )
 
 // writeInventory writes an inventory for the fixture's servers plus extra
@@ -78,6 +79,7 @@ func decodeLines(t *testing.T, s string) []map[string]any {
 }
 
 func TestExecCommand(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
 	fx := sshdtest.Start(t, 3, sshdtest.Options{})
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := l.Addr().String()
@@ -121,6 +123,48 @@ func TestExecCommand(t *testing.T) {
 	out, errOut, code = runArgs(t, "--inventory", inv, "--dry-run", "exec", "--nodes", "role=control-plane", "--", "reboot")
 	if code != 0 || !strings.Contains(out, "node1") || strings.Contains(out, "node2") {
 		t.Errorf("dry run: %d\n%s%s", code, out, errOut)
+	}
+}
+
+// exec asks before running on more than --confirm-above nodes, and journals
+// what ran where, as whom, and how it ended on each node.
+func TestExecConfirmsAndAudits(t *testing.T) {
+	fx := sshdtest.Start(t, 3, sshdtest.Options{})
+	inv := writeInventory(t, fx)
+	jpath := filepath.Join(t.TempDir(), "journal.jsonl")
+	marker := filepath.Join(t.TempDir(), "ran")
+
+	_, errOut, code := runArgs(t, "--inventory", inv, "exec", "--journal", jpath, "--confirm-above", "2", "--", "touch "+marker)
+	if code != exitRefused || !strings.Contains(errOut, "--yes") {
+		t.Errorf("3 nodes above --confirm-above 2 without --yes: exit %d, stderr %q", code, errOut)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran although it was not confirmed")
+	}
+	if _, err := os.Stat(jpath); err == nil {
+		t.Error("an unconfirmed exec wrote the journal")
+	}
+
+	_, errOut, code = runArgs(t, "--inventory", inv, "--yes", "exec", "--journal", jpath, "--confirm-above", "2", "--", "test $(hostname) != nope && exit 3")
+	if code != exitNodesFail {
+		t.Fatalf("exit %d, want 3; %s", code, errOut)
+	}
+	recs, err := journal.Read(jpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 4 || recs[0].Type != journal.TypeIntent || recs[0].Op != "exec" || recs[0].Details["command"] != "test $(hostname) != nope && exit 3" {
+		t.Fatalf("journal: want the intent then 3 outcomes: %+v", recs)
+	}
+	nodes := map[string]bool{}
+	for _, r := range recs[1:] {
+		nodes[r.Target.Node] = true
+		if r.ID != recs[0].ID || r.Status != journal.StatusFailed || r.Details["exitCode"] != "3" || r.Operator == "" || r.RunID == "" {
+			t.Errorf("outcome: %+v", r)
+		}
+	}
+	if len(nodes) != 3 {
+		t.Errorf("outcomes for %v, want each of the 3 nodes", nodes)
 	}
 }
 

@@ -208,7 +208,7 @@ func benchReal(dir string, n int, tools []string, labInventory string) {
 
 	var rows []row
 	// Warm up sshd (first exec of each binary) and the page cache.
-	exec.Command(bin, "--inventory", invFile, "-o", "json", "exec", "--", "true").Run()
+	exec.Command(bin, "--inventory", invFile, "-o", "json", "--yes", "exec", "--journal", filepath.Join(dir, "journal.jsonl"), "--", "true").Run()
 	// The floor: a plain x/crypto/ssh loop in a small program of its own
 	// (this one, which does not link what breakglass links).
 	self, err := os.Executable()
@@ -222,7 +222,7 @@ func benchReal(dir string, n int, tools []string, labInventory string) {
 	// process reaching no node), which are the same at 50 nodes or 5,000.
 	for round := 0; round < 5; round++ {
 		rows = append(rows, runTool("breakglass exec", n, countLines(`"status":"ok"`),
-			[]string{bin, "--inventory", invFile, "--concurrency", par, "-o", "json", "exec", "--", "true"}))
+			[]string{bin, "--inventory", invFile, "--concurrency", par, "-o", "json", "--yes", "exec", "--journal", filepath.Join(dir, "journal.jsonl"), "--", "true"}))
 		rows = append(rows, runTool("plain x/crypto/ssh loop", n, countLines("ok\n"), []string{self, "-plain-client", plainFile}))
 		rows = append(rows, runTool("plain loop, tuned", n, countLines("ok\n"), []string{self, "-plain-client", plainFile, "-plain-tuned"}))
 		rows = append(rows, runTool("breakglass start-up", 0, func([]byte) int { return 0 }, []string{bin, "version"}))

@@ -218,27 +218,39 @@ func (j *Journal) Operator() string { return j.operator }
 // under the same lock, and the journal still ends with a whole line. A
 // process killed in the middle of a write leaves a torn last line: Read skips
 // it, and the next Append removes it before writing (trimTorn).
-func (j *Journal) Append(r *Record) error {
-	if r.Time.IsZero() {
-		r.Time = j.now().UTC()
+func (j *Journal) Append(r *Record) error { return j.AppendAll([]*Record{r}) }
+
+// AppendAll writes several records as one write(2) under one lock and one
+// sync, in order: a fan-out's per-node outcomes cost one sync, not one per
+// node. On a failed write what it wrote is truncated away again (best
+// effort, as in Append).
+func (j *Journal) AppendAll(recs []*Record) error {
+	var b []byte
+	for _, r := range recs {
+		if r.Time.IsZero() {
+			r.Time = j.now().UTC()
+		}
+		if r.User == "" {
+			r.User = j.user
+		}
+		if r.Host == "" {
+			r.Host = j.host
+		}
+		if r.Operator == "" {
+			r.Operator = j.operator
+		}
+		if r.RunID == "" {
+			r.RunID = j.run
+		}
+		line, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		b = append(append(b, line...), '\n')
 	}
-	if r.User == "" {
-		r.User = j.user
+	if len(b) == 0 {
+		return nil
 	}
-	if r.Host == "" {
-		r.Host = j.host
-	}
-	if r.Operator == "" {
-		r.Operator = j.operator
-	}
-	if r.RunID == "" {
-		r.RunID = j.run
-	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	// Read-write: trimTorn reads the end of the file.
