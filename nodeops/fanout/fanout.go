@@ -18,8 +18,25 @@ import (
 	"github.com/breakglass/breakglass/nodeops"
 )
 
-// Result is how one node ended.
-type Result struct {
+// Result is how one node ended, for runs that execute commands.
+type Result = ResultOf[nodeops.Output]
+
+// Event is a change of a node's state in a run that executes commands.
+type Event = EventOf[nodeops.Output]
+
+// Options tune a run that executes commands.
+type Options = OptionsOf[nodeops.Output]
+
+// Summary sums up a run that executes commands.
+type Summary = SummaryOf[nodeops.Output]
+
+// Func does the work on one node.
+type Func = FuncOf[nodeops.Output]
+
+// ResultOf is how one node ended; Output is what the work on it returned,
+// typed as the lever needs (command output, the pods stopped, the rules
+// applied).
+type ResultOf[T any] struct {
 	// Index is the node's position in the targets given to Run.
 	Index  int
 	Target nodeops.Target
@@ -33,7 +50,7 @@ type Result struct {
 	// Duration covers every attempt and the backoff between them.
 	Duration time.Duration
 	Attempts int
-	Output   nodeops.Output
+	Output   T
 	Err      error
 }
 
@@ -52,22 +69,22 @@ const (
 )
 
 // Event is one change in a node's state.
-type Event struct {
+type EventOf[T any] struct {
 	Type    EventType
 	Index   int
 	Target  nodeops.Target
 	Attempt int
 	Time    time.Time
 	// Result is set for Finished, Failed and Cancelled; Err for Retrying.
-	Result *Result
+	Result *ResultOf[T]
 	Err    error
 	// Total is the number of nodes in the run.
 	Total int
 }
 
-// Options tune a run. The zero value runs one node at a time with no
+// OptionsOf tune a run. The zero value runs one node at a time with no
 // timeout, two retries and no events.
-type Options struct {
+type OptionsOf[T any] struct {
 	// Concurrency is how many nodes are worked on at once.
 	Concurrency int
 	// Timeout bounds each node, all attempts included (0: none).
@@ -81,13 +98,15 @@ type Options struct {
 	// Grace is how long a cancelled run waits for the nodes in flight to
 	// return before it reports them cancelled and returns (default 300ms).
 	Grace time.Duration
-	// OnEvent receives every event. Calls are serialised, so it needs no
-	// lock, but it must be quick: it runs while the engine holds its lock.
-	OnEvent func(Event)
+	// OnEvent receives every event, in order, from one goroutine (so it
+	// needs no lock). Events are queued: a slow consumer (a TUI, a
+	// terminal) never holds up the nodes. Run returns after the last
+	// event was delivered.
+	OnEvent func(EventOf[T])
 }
 
-// Func does the work on one node.
-type Func func(ctx context.Context, t nodeops.Target) (nodeops.Output, error)
+// FuncOf does the work on one node.
+type FuncOf[T any] func(ctx context.Context, t nodeops.Target) (T, error)
 
 // RunCommand runs c on every target with r.
 func RunCommand(ctx context.Context, r nodeops.Runner, targets []nodeops.Target, c nodeops.Command, opts Options) []Result {
@@ -96,13 +115,14 @@ func RunCommand(ctx context.Context, r nodeops.Runner, targets []nodeops.Target,
 	})
 }
 
-type run struct {
-	opts    Options
+type run[T any] struct {
+	opts    OptionsOf[T]
 	targets []nodeops.Target
-	fn      Func
+	fn      FuncOf[T]
+	events  *queue[EventOf[T]]
 
 	mu      sync.Mutex
-	results []Result
+	results []ResultOf[T]
 	state   []nodeState
 	closed  bool // results are final; late workers are ignored
 }
@@ -119,6 +139,11 @@ const (
 // same order. When ctx is cancelled, no new node starts; nodes in flight get
 // Grace to return, then every node not finished is reported cancelled.
 func Run(ctx context.Context, targets []nodeops.Target, opts Options, fn Func) []Result {
+	return RunOf(ctx, targets, opts, fn)
+}
+
+// RunOf is Run for work that returns any type of result.
+func RunOf[T any](ctx context.Context, targets []nodeops.Target, opts OptionsOf[T], fn FuncOf[T]) []ResultOf[T] {
 	if opts.Concurrency < 1 {
 		opts.Concurrency = 1
 	}
@@ -131,10 +156,13 @@ func Run(ctx context.Context, targets []nodeops.Target, opts Options, fn Func) [
 	if opts.Grace <= 0 {
 		opts.Grace = 300 * time.Millisecond
 	}
-	r := &run{opts: opts, targets: targets, fn: fn,
-		results: make([]Result, len(targets)), state: make([]nodeState, len(targets))}
+	r := &run[T]{opts: opts, targets: targets, fn: fn,
+		results: make([]ResultOf[T], len(targets)), state: make([]nodeState, len(targets))}
 	for i, t := range targets {
-		r.results[i] = Result{Index: i, Target: t, ExitCode: -1}
+		r.results[i] = ResultOf[T]{Index: i, Target: t, ExitCode: -1}
+	}
+	if opts.OnEvent != nil {
+		r.events = newQueue(opts.OnEvent)
 	}
 
 	workers := min(opts.Concurrency, len(targets))
@@ -168,7 +196,6 @@ func Run(ctx context.Context, targets []nodeops.Target, opts Options, fn Func) [
 	}
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	for i := range r.results {
 		if r.state[i] == final {
 			continue
@@ -184,16 +211,20 @@ func Run(ctx context.Context, targets []nodeops.Target, opts Options, fn Func) [
 			res.Err = context.Canceled
 		}
 		r.state[i] = final
-		r.emit(Event{Type: EventCancelled, Index: i, Target: res.Target, Attempt: res.Attempts, Result: res})
+		r.emit(EventOf[T]{Type: EventCancelled, Index: i, Target: res.Target, Attempt: res.Attempts, Result: res})
 	}
 	r.closed = true
-	out := make([]Result, len(r.results))
+	out := make([]ResultOf[T], len(r.results))
 	copy(out, r.results)
+	r.mu.Unlock()
+	if r.events != nil {
+		r.events.close() // every event delivered before Run returns
+	}
 	return out
 }
 
 // node runs one node, with retries.
-func (r *run) node(ctx context.Context, i int) {
+func (r *run[T]) node(ctx context.Context, i int) {
 	start := time.Now()
 	r.mu.Lock()
 	if r.closed || ctx.Err() != nil {
@@ -203,7 +234,7 @@ func (r *run) node(ctx context.Context, i int) {
 	r.state[i] = inFlight
 	r.results[i].Start = start
 	r.results[i].Attempts = 1
-	r.emit(Event{Type: EventStarted, Index: i, Target: r.targets[i], Attempt: 1})
+	r.emit(EventOf[T]{Type: EventStarted, Index: i, Target: r.targets[i], Attempt: 1})
 	r.mu.Unlock()
 
 	nctx := ctx
@@ -212,7 +243,7 @@ func (r *run) node(ctx context.Context, i int) {
 		nctx, cancel = context.WithTimeout(ctx, r.opts.Timeout)
 		defer cancel()
 	}
-	var out nodeops.Output
+	var out T
 	var err error
 	attempt := 1
 	backoff := r.opts.Backoff
@@ -233,7 +264,7 @@ func (r *run) node(ctx context.Context, i int) {
 			return
 		}
 		r.results[i].Attempts = attempt
-		r.emit(Event{Type: EventRetrying, Index: i, Target: r.targets[i], Attempt: attempt, Err: err})
+		r.emit(EventOf[T]{Type: EventRetrying, Index: i, Target: r.targets[i], Attempt: attempt, Err: err})
 		r.mu.Unlock()
 		t := time.NewTimer(wait)
 		select {
@@ -257,8 +288,10 @@ func (r *run) node(ctx context.Context, i int) {
 	}
 	exit := -1
 	var ee *nodeops.ExitError
-	if err == nil {
-		exit = out.ExitCode
+	if o, ok := any(out).(nodeops.Output); ok && err == nil {
+		exit = o.ExitCode
+	} else if err == nil {
+		exit = 0
 	} else if errors.As(err, &ee) && ee.Signal == "" {
 		exit = ee.Code
 	}
@@ -282,7 +315,7 @@ func (r *run) node(ctx context.Context, i int) {
 	case nodeops.StatusCancelled:
 		typ = EventCancelled
 	}
-	r.emit(Event{Type: typ, Index: i, Target: res.Target, Attempt: attempt, Result: res})
+	r.emit(EventOf[T]{Type: typ, Index: i, Target: res.Target, Attempt: attempt, Result: res})
 }
 
 func isTimeout(err error) bool {
@@ -300,9 +333,10 @@ func timeoutStatus(err error) nodeops.Status {
 	return nodeops.StatusFailed
 }
 
-// emit sends an event; r.mu is held.
-func (r *run) emit(e Event) {
-	if r.opts.OnEvent == nil || r.closed {
+// emit queues an event for delivery; r.mu is held, so events are queued in
+// the order they happen, and queueing never waits for the consumer.
+func (r *run[T]) emit(e EventOf[T]) {
+	if r.events == nil || r.closed {
 		return
 	}
 	e.Time = time.Now()
@@ -311,22 +345,74 @@ func (r *run) emit(e Event) {
 		c := *e.Result // the receiver may keep it
 		e.Result = &c
 	}
-	r.opts.OnEvent(e)
+	r.events.push(e)
 }
 
-// Summary counts the results by status and names the slowest nodes.
-type Summary struct {
+// queue delivers items to a consumer from one goroutine, in order. push
+// never blocks: a run has a few events per node, so the queue is bounded by
+// the number of nodes.
+type queue[E any] struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	items   []E
+	closing bool
+	done    chan struct{}
+}
+
+func newQueue[E any](consume func(E)) *queue[E] {
+	q := &queue[E]{done: make(chan struct{})}
+	q.cond = sync.NewCond(&q.mu)
+	go func() {
+		defer close(q.done)
+		for {
+			q.mu.Lock()
+			for len(q.items) == 0 && !q.closing {
+				q.cond.Wait()
+			}
+			if len(q.items) == 0 {
+				q.mu.Unlock()
+				return
+			}
+			batch := q.items
+			q.items = nil
+			q.mu.Unlock()
+			for _, it := range batch {
+				consume(it)
+			}
+		}
+	}()
+	return q
+}
+
+func (q *queue[E]) push(e E) {
+	q.mu.Lock()
+	q.items = append(q.items, e)
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// close waits until every pushed item was consumed.
+func (q *queue[E]) close() {
+	q.mu.Lock()
+	q.closing = true
+	q.mu.Unlock()
+	q.cond.Signal()
+	<-q.done
+}
+
+// SummaryOf counts the results by status and names the slowest nodes.
+type SummaryOf[T any] struct {
 	Total  int
 	Counts map[nodeops.Status]int
 	// Slowest are the nodes that took longest, slowest first (at most the
 	// number asked for; nodes that never started are left out).
-	Slowest []Result
+	Slowest []ResultOf[T]
 }
 
 // Summarize counts results and keeps the n slowest.
-func Summarize(results []Result, n int) Summary {
-	s := Summary{Total: len(results), Counts: map[nodeops.Status]int{}}
-	var ran []Result
+func Summarize[T any](results []ResultOf[T], n int) SummaryOf[T] {
+	s := SummaryOf[T]{Total: len(results), Counts: map[nodeops.Status]int{}}
+	var ran []ResultOf[T]
 	for _, r := range results {
 		s.Counts[r.Status]++
 		if !r.Start.IsZero() {
@@ -342,4 +428,4 @@ func Summarize(results []Result, n int) Summary {
 }
 
 // OK reports whether every node ended ok.
-func (s Summary) OK() bool { return s.Counts[nodeops.StatusOK] == s.Total }
+func (s SummaryOf[T]) OK() bool { return s.Counts[nodeops.StatusOK] == s.Total }

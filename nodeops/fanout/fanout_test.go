@@ -151,3 +151,73 @@ func TestPerNodeTimeout(t *testing.T) {
 		t.Errorf("%+v", res)
 	}
 }
+
+// A consumer that stops reading (a TUI busy redrawing, a terminal on
+// scroll-lock) must not hold up the nodes: every node's work finishes while
+// the consumer is stalled, and every event still arrives afterwards, in
+// order per node.
+func TestSlowConsumerDoesNotStallNodes(t *testing.T) {
+	const n = 200
+	targets := make([]nodeops.Target, n)
+	for i := range targets {
+		targets[i] = nodeops.Target{Name: fmt.Sprintf("n%d", i)}
+	}
+	release := make(chan struct{})
+	var got []Event
+	var worked atomic.Int64
+	allWorked := make(chan struct{})
+	opts := Options{Concurrency: 16, OnEvent: func(e Event) {
+		<-release
+		got = append(got, e)
+	}}
+	done := make(chan []Result)
+	go func() {
+		done <- Run(context.Background(), targets, opts, func(ctx context.Context, t nodeops.Target) (nodeops.Output, error) {
+			if worked.Add(1) == n {
+				close(allWorked)
+			}
+			return nodeops.Output{}, nil
+		})
+	}()
+	select {
+	case <-allWorked:
+	case <-time.After(time.Minute):
+		t.Fatalf("only %d of %d nodes worked while the event consumer was stalled", worked.Load(), n)
+	}
+	close(release)
+	res := <-done
+	if len(got) != 2*n {
+		t.Fatalf("%d events, want %d (started and finished per node)", len(got), 2*n)
+	}
+	seen := map[int]EventType{}
+	for _, e := range got {
+		if e.Type == EventStarted && seen[e.Index] != "" || e.Type == EventFinished && seen[e.Index] != EventStarted {
+			t.Fatalf("node %d: %s after %q", e.Index, e.Type, seen[e.Index])
+		}
+		seen[e.Index] = e.Type
+	}
+	if !Summarize(res, 0).OK() {
+		t.Error("not every node ok")
+	}
+}
+
+// Levers return typed results per node, not only command output.
+func TestTypedResults(t *testing.T) {
+	type stopped struct{ Pods []string }
+	targets := []nodeops.Target{{Name: "a"}, {Name: "b"}}
+	res := RunOf(context.Background(), targets, OptionsOf[stopped]{Concurrency: 2}, func(ctx context.Context, t nodeops.Target) (stopped, error) {
+		if t.Name == "b" {
+			return stopped{}, errors.New("containerd: unavailable")
+		}
+		return stopped{Pods: []string{"telemetry/agent-" + t.Name}}, nil
+	})
+	if res[0].Status != nodeops.StatusOK || res[0].Output.Pods[0] != "telemetry/agent-a" || res[0].ExitCode != 0 {
+		t.Errorf("a: %+v", res[0])
+	}
+	if res[1].Status == nodeops.StatusOK || res[1].Err == nil {
+		t.Errorf("b: %+v", res[1])
+	}
+	if s := Summarize(res, 1); s.Counts[nodeops.StatusOK] != 1 || s.Total != 2 {
+		t.Errorf("summary %+v", s)
+	}
+}
