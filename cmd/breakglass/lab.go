@@ -30,11 +30,8 @@ and worker hosts, each in its own network and mount namespace with its own
 OpenSSH sshd, containerd and kubelet. It needs root. See docs/lab.md.`,
 	}
 	cmd.PersistentFlags().StringVar(&opts.Dir, "dir", ".lab", "lab `directory` (holds lab.json, the inventory, keys and logs)")
-	up, incident, build := newCmdLabUp(d, opts), newCmdLabIncident(d, opts), newCmdLabBuild(d, opts)
-	refuseDryRun(d, up, "it changes nothing but the lab")
-	refuseDryRun(d, incident, "it changes nothing but the lab")
-	refuseDryRun(d, build, "it changes nothing but the build cache")
-	cmd.AddCommand(up, newCmdLabDown(d, opts), newCmdLabStatus(d, opts), incident, build, newCmdLabSupervise())
+	cmd.AddCommand(newCmdLabUp(d, opts), newCmdLabDown(d, opts), newCmdLabStatus(d, opts),
+		newCmdLabIncident(d, opts), newCmdLabBuild(d, opts), newCmdLabSupervise())
 	return cmd
 }
 
@@ -46,19 +43,6 @@ var (
 	labDown     = lab.Down
 	labDownPlan = lab.DownPlan
 )
-
-// refuseDryRun makes cmd refuse the global --dry-run with a usage error
-// instead of ignoring it: a lab command that does not support it must not
-// act when the operator asked to see only.
-func refuseDryRun(d *Deps, cmd *cobra.Command, why string) {
-	run := cmd.RunE
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		if d.Global.DryRun {
-			return usagef("--dry-run is not supported by lab %s: %s; run it without --dry-run", c.Name(), why)
-		}
-		return run(c, args)
-	}
-}
 
 func newCmdLabUp(d *Deps, opts *labOptions) *cobra.Command {
 	cmd := &cobra.Command{

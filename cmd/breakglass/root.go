@@ -49,7 +49,7 @@ safety check, 130 cancelled. See docs/exit-codes.md.`,
 			if g.Timeout < 0 {
 				return usagef("--timeout %s: must not be negative", g.Timeout)
 			}
-			return nil
+			return checkDryRun(cmd, g.DryRun)
 		},
 	}
 	root.SetIn(d.In)
