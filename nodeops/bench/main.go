@@ -5,7 +5,14 @@
 // (as root: sshd needs it). Each simulated run's client is a fresh process,
 // so that its memory, goroutines and CPU are its own.
 //
-//	go run ./nodeops/bench [-real 50] [-lab-inventory .lab/breakglass.yaml] [-sim 5000] [-inflight 512] [-tools breakglass,parallel-ssh,ansible] [-cpuprofile prefix]
+// Every client of a table runs -rounds times, the clients taking turns
+// round by round (a disturbance of the machine falls on all of them), and
+// each table prints every client's median and min over the same number of
+// rounds. Each peer runs with its own defaults but for the parallelism, the
+// key and the known_hosts file (see ansibleRuns for what that means for
+// Ansible's connection reuse).
+//
+//	go run ./nodeops/bench [-rounds 5] [-real 50] [-lab-inventory .lab/breakglass.yaml] [-sim 5000] [-inflight 512] [-tools breakglass,parallel-ssh,ansible] [-cpuprofile prefix]
 package main
 
 import (
@@ -26,12 +33,13 @@ import (
 )
 
 func main() {
+	rounds := flag.Int("rounds", 5, "rounds of every client; the tables print each client's median and min")
 	real := flag.Int("real", 50, "real sshd nodes (0 to skip)")
 	sim := flag.Int("sim", 5000, "simulated nodes (0 to skip)")
 	inflight := flag.Int("inflight", 512, "nodes in flight for the simulated runs")
 	latency := flag.Duration("latency", 20*time.Millisecond, "added latency per write in the second simulated run (0 to skip it)")
 	tools := flag.String("tools", "breakglass,parallel-ssh,ansible", "clients compared on the real sshd nodes")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of each simulated run's client to `prefix`-RUN.prof")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of each simulated engine run's client to `prefix`-LATENCY-rROUND.prof")
 	// The simulated nodes and each simulated run's client are child
 	// processes of the bench, so that each run's memory, goroutines and CPU
 	// are its own.
@@ -44,6 +52,9 @@ func main() {
 	delay := flag.Duration("delay", 0, "internal: write delay of the simulated nodes")
 	keyFile := flag.String("key", "", "internal: host key file of the simulated nodes")
 	flag.Parse()
+	if *rounds < 1 {
+		check(fmt.Errorf("-rounds %d: at least 1", *rounds))
+	}
 	switch {
 	case *serve > 0:
 		serveSim(*serve, *delay, *keyFile)
@@ -59,10 +70,10 @@ func main() {
 	check(err)
 	defer os.RemoveAll(dir)
 	if *real > 0 {
-		benchReal(dir, *real, strings.Split(*tools, ","), *labInventory)
+		benchReal(dir, *real, *rounds, strings.Split(*tools, ","), *labInventory)
 	}
 	if *sim > 0 {
-		benchSim(dir, *sim, *inflight, *latency, *cpuprofile)
+		benchSim(dir, *sim, *inflight, *rounds, *latency, *cpuprofile)
 	}
 }
 
@@ -96,24 +107,45 @@ type row struct {
 	tool      string
 	nodes, ok int
 	wall, cpu time.Duration
+	reused    bool // found SSH connections of an earlier run open (Ansible's ControlPersist)
 }
 
 // runTool runs a client command and measures its wall time and the CPU of
-// its whole process tree (every process it waited for is in RUSAGE_CHILDREN
-// once it is waited for itself).
+// its whole process tree: every process it waited for is in RUSAGE_CHILDREN
+// once it is waited for itself, and the ssh masters it left running in the
+// background (which the bench inherits) are added.
 func runTool(name string, nodes int, okCount func(out []byte) int, argv []string, env ...string) row {
-	before := childUsage()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(peerEnviron(), env...)
+	orphans := orphanSSH()
+	before := childUsage()
 	start := time.Now()
 	out, err := cmd.Output()
 	wall := time.Since(start)
-	cpu := childUsage() - before
+	after := orphanSSH()
+	bgCPU := orphanCPU(orphans, after)
+	cpu := childUsage() - before + bgCPU
+	if bgCPU > 0 {
+		fmt.Fprintf(os.Stderr, "  %s: %d ssh processes in the background took %s of CPU during the run (counted as its own)\n",
+			name, len(after), bgCPU.Round(100*time.Microsecond))
+	}
 	ok := okCount(out)
 	if err != nil && ok == 0 {
 		fmt.Fprintf(os.Stderr, "%s: %v\n%s\n", name, err, out)
 	}
 	return row{tool: name, nodes: nodes, ok: ok, wall: wall, cpu: cpu}
+}
+
+// peerEnviron is the bench's environment without the ANSIBLE_ settings of
+// whoever runs it, so that Ansible runs with its defaults.
+func peerEnviron() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "ANSIBLE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // ansibleOK counts hosts ansible reports as CHANGED or SUCCESS.
@@ -172,7 +204,7 @@ func labNodes(file string, n int) *realNodes {
 	return rn
 }
 
-func benchReal(dir string, n int, tools []string, labInventory string) {
+func benchReal(dir string, n, rounds int, tools []string, labInventory string) {
 	var rn *realNodes
 	if labInventory != "" {
 		rn = labNodes(labInventory, n)
@@ -204,7 +236,24 @@ func benchReal(dir string, n int, tools []string, labInventory string) {
 	check(os.WriteFile(psshFile, []byte(pssh.String()), 0o600))
 	check(os.WriteFile(ansFile, []byte(ans.String()), 0o600))
 	par := strconv.Itoa(n)
-	sshOpts := fmt.Sprintf("-i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes -o ControlMaster=no", rn.clientKey, rn.knownHosts)
+	// parallel-ssh runs ssh with ssh's defaults (a new connection per node
+	// and run, no ControlMaster) and with the key and known_hosts only.
+	sshOpts := fmt.Sprintf("-i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes", rn.clientKey, rn.knownHosts)
+
+	usePSSH := slices.Contains(tools, "parallel-ssh")
+	if _, err := exec.LookPath("parallel-ssh"); usePSSH && err != nil {
+		fmt.Fprintln(os.Stderr, "parallel-ssh not installed (apt-get install pssh): skipped")
+		usePSSH = false
+	}
+	var ansible []ansibleRun
+	if !slices.Contains(tools, "ansible") {
+	} else if _, err := exec.LookPath("ansible"); err == nil {
+		ansible = ansibleRuns(dir, rn)
+		becomeSubreaper()
+		defer stopOrphans() // before the loopback sshd stop (defers run last first)
+	} else {
+		fmt.Fprintln(os.Stderr, "ansible not installed (apt-get install ansible-core): skipped")
+	}
 
 	var rows []row
 	// Warm up sshd (first exec of each binary) and the page cache.
@@ -217,81 +266,76 @@ func benchReal(dir string, n int, tools []string, labInventory string) {
 	check(os.WriteFile(plainFile, []byte(fmt.Sprintf("%s\n%s\n%s", rn.clientKey, rn.knownHosts, pssh.String())), 0o600))
 	noHosts := filepath.Join(dir, "plain-nohosts")
 	check(os.WriteFile(noHosts, []byte(fmt.Sprintf("%s\n%s\n", rn.clientKey, rn.knownHosts)), 0o600))
-	// breakglass and the plain loop take turns, so that a disturbance of
-	// the machine falls on both; so do their start-up costs (the same
-	// process reaching no node), which are the same at 50 nodes or 5,000.
-	for round := 0; round < 5; round++ {
+	// Every client runs once per round, the same number of rounds each,
+	// so that a disturbance of the machine falls on all of them; so do the
+	// start-up costs of breakglass and the plain loop (the same process
+	// reaching no node), which are the same at 50 nodes or 5,000.
+	for round := 0; round < rounds; round++ {
+		fmt.Fprintf(os.Stderr, "real sshd nodes: round %d of %d\n", round+1, rounds)
 		rows = append(rows, runTool("breakglass exec", n, countLines(`"status":"ok"`),
 			[]string{bin, "--inventory", invFile, "--concurrency", par, "-o", "json", "--yes", "exec", "--journal", filepath.Join(dir, "journal.jsonl"), "--", "true"}))
 		rows = append(rows, runTool("plain x/crypto/ssh loop", n, countLines("ok\n"), []string{self, "-plain-client", plainFile}))
 		rows = append(rows, runTool("plain loop, tuned", n, countLines("ok\n"), []string{self, "-plain-client", plainFile, "-plain-tuned"}))
 		rows = append(rows, runTool("breakglass start-up", 0, func([]byte) int { return 0 }, []string{bin, "version"}))
 		rows = append(rows, runTool("plain loop start-up", 0, func([]byte) int { return 0 }, []string{self, "-plain-client", noHosts}))
-	}
-	if !slices.Contains(tools, "parallel-ssh") {
-	} else if _, err := exec.LookPath("parallel-ssh"); err == nil {
-		for round := 0; round < 3; round++ {
+		if usePSSH {
 			rows = append(rows, runTool("parallel-ssh", n, countLines("[SUCCESS]"),
 				[]string{"parallel-ssh", "-h", psshFile, "-p", par, "-t", "60", "-x", sshOpts, "true"}))
 		}
-	} else {
-		fmt.Fprintln(os.Stderr, "parallel-ssh not installed (apt-get install pssh): skipped")
-	}
-	if !slices.Contains(tools, "ansible") {
-	} else if _, err := exec.LookPath("ansible"); err == nil {
-		ansEnv := []string{"ANSIBLE_HOST_KEY_CHECKING=True", "ANSIBLE_SSH_ARGS=" + sshOpts, "ANSIBLE_LOCAL_TEMP=" + filepath.Join(dir, "ansible-tmp"),
-			"ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3", "ANSIBLE_NOCOLOR=1", "ANSIBLE_GATHERING=explicit"}
-		for _, mod := range []string{"raw", "command"} {
-			rows = append(rows, runTool("ansible -m "+mod, n, ansibleOK,
-				[]string{"ansible", "all", "-i", ansFile, "-u", "root", "-f", par, "-m", mod, "-a", "true"}, ansEnv...))
+		for _, a := range ansible {
+			reused := controlSockets(a.cpDir) > 0
+			r := runTool(a.name, n, ansibleOK,
+				[]string{"ansible", "all", "-i", ansFile, "-u", "root", "-f", par, "-m", a.module, "-a", "true"}, a.env...)
+			r.reused = reused
+			rows = append(rows, r)
 		}
-	} else {
-		fmt.Fprintln(os.Stderr, "ansible not installed (apt-get install ansible): skipped")
 	}
 
-	// Keep the best of the rounds of each tool (least disturbed by the
-	// other work on the machine): the shortest wall time and, separately,
-	// the least CPU.
-	best := map[string]row{}
-	var order []string
-	for _, r := range rows {
-		b, seen := best[r.tool]
-		if !seen {
-			order = append(order, r.tool)
-			best[r.tool] = r
-			continue
-		}
-		b.wall, b.cpu, b.ok = min(b.wall, r.wall), min(b.cpu, r.cpu), min(b.ok, r.ok)
-		best[r.tool] = b
-	}
-	bg, pl := best["breakglass exec"], best["plain x/crypto/ssh loop"]
-	startup := map[string]time.Duration{"breakglass exec": best["breakglass start-up"].cpu, "plain x/crypto/ssh loop": best["plain loop start-up"].cpu, "plain loop, tuned": best["plain loop start-up"].cpu}
-	fmt.Printf("\nReal OpenSSH sshd nodes: %d %s, command `true`, parallelism %d (best of rounds: least wall, least CPU, fewest ok)\n\n", n, rn.where, n)
+	order, st := summarize(rows)
+	bg, pl, tu := st["breakglass exec"], st["plain x/crypto/ssh loop"], st["plain loop, tuned"]
+	startup := map[string]time.Duration{"breakglass exec": st["breakglass start-up"].cpuMed,
+		"plain x/crypto/ssh loop": st["plain loop start-up"].cpuMed, "plain loop, tuned": st["plain loop start-up"].cpuMed}
+	ms := time.Millisecond
+	fmt.Printf("\nReal OpenSSH sshd nodes: %d %s, command `true`, parallelism %d; %d rounds, every client once per round; median and min of the rounds\n\n",
+		n, rn.where, n, rounds)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "client\tnodes ok\twall\tclient CPU\tCPU/node\tCPU/node after start-up\twall vs breakglass\tCPU/node vs breakglass\t")
+	fmt.Fprintln(tw, "client\tnodes ok\twall median\twall min\twall round 1\tclient CPU median\tCPU min\tCPU/node\tCPU/node after start-up\twall vs breakglass\tCPU/node vs breakglass\t")
 	for _, t := range order {
-		r := best[t]
+		r := st[t]
 		if r.nodes == 0 {
-			fmt.Fprintf(tw, "%s (reaching no node)\t-\t-\t%s\t-\t-\t-\t-\t\n", r.tool, r.cpu.Round(10*time.Microsecond))
+			fmt.Fprintf(tw, "%s (reaching no node)\t-\t-\t-\t-\t%s\t%s\t-\t-\t-\t-\t\n", r.tool, r.cpuMed.Round(10*time.Microsecond), r.cpuMin.Round(10*time.Microsecond))
 			continue
 		}
 		after := "-"
 		if s, ok := startup[t]; ok {
-			after = perNode(r.cpu-s, r.nodes)
+			after = perNode(r.cpuMed-s, r.nodes)
 		}
-		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%s\t%.2fx\t%.1fx\t\n", r.tool, r.ok, r.nodes, r.wall.Round(time.Millisecond),
-			r.cpu.Round(time.Millisecond), perNode(r.cpu, r.nodes), after, ratio(r.wall, bg.wall), ratio(r.cpu, bg.cpu))
+		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%.1fx\t\n", r.tool, r.okMin, r.nodes,
+			r.wallMed.Round(ms), r.wallMin.Round(ms), r.first.wall.Round(ms), r.cpuMed.Round(ms), r.cpuMin.Round(ms),
+			perNode(r.cpuMed, r.nodes), after, ratio(r.wallMed, bg.wallMed), ratio(r.cpuMed, bg.cpuMed))
 	}
 	tw.Flush()
+	fmt.Println("\nnodes ok: the fewest of any round. CPU/node, after start-up and the ratios: of the medians. Client CPU: the client's whole")
+	fmt.Println("process tree, with the ssh master processes it leaves running in the background.")
+	if len(ansible) > 0 {
+		fmt.Println("Ansible runs as it ships (ssh_args `-C -o ControlMaster=auto -o ControlPersist=60s`, pipelining off but in the row that")
+		fmt.Println("says so, Python interpreter discovery), given only the key and the known_hosts file; breakglass, parallel-ssh and the")
+		fmt.Println("plain loops open new connections in every round.")
+	}
+	for _, t := range order {
+		if r := st[t]; r.reused > 0 {
+			fmt.Printf("%s: %d of %d rounds reused the SSH connections ControlPersist kept open since the round before; round 1 opened new ones (wall %s, CPU/node %s).\n",
+				t, r.reused, r.rounds, r.first.wall.Round(ms), perNode(r.first.cpu, r.nodes))
+		}
+	}
 	fmt.Printf("\ntargets: client CPU/node <= 1ms: %s (%s); the plain x/crypto/ssh loop, the floor, takes %s here (breakglass is %.2fx of it)\n",
-		perNode(bg.cpu, bg.nodes), verdict(float64(bg.cpu)/float64(bg.nodes) <= float64(time.Millisecond)), perNode(pl.cpu, pl.nodes), ratio(bg.cpu, pl.cpu))
-	tu := best["plain loop, tuned"]
+		perNode(bg.cpuMed, bg.nodes), verdict(float64(bg.cpuMed)/float64(bg.nodes) <= float64(time.Millisecond)), perNode(pl.cpuMed, pl.nodes), ratio(bg.cpuMed, pl.cpuMed))
 	fmt.Printf("         after start-up (what each further node costs): breakglass %s, plain loop %s\n",
-		perNode(bg.cpu-startup["breakglass exec"], bg.nodes), perNode(pl.cpu-startup["plain x/crypto/ssh loop"], pl.nodes))
+		perNode(bg.cpuMed-startup["breakglass exec"], bg.nodes), perNode(pl.cpuMed-startup["plain x/crypto/ssh loop"], pl.nodes))
 	fmt.Printf("         the least any x/crypto/ssh client took here (tuned plain loop: read-ahead, one P): %s per node, %s after start-up\n",
-		perNode(tu.cpu, tu.nodes), perNode(tu.cpu-startup["plain loop, tuned"], tu.nodes))
-	if ps, ok := best["parallel-ssh"]; ok {
-		fmt.Printf("         wall no worse than parallel-ssh: %.2fx of it (%s)\n", ratio(bg.wall, ps.wall), verdict(bg.wall <= ps.wall))
+		perNode(tu.cpuMed, tu.nodes), perNode(tu.cpuMed-startup["plain loop, tuned"], tu.nodes))
+	if ps, ok := st["parallel-ssh"]; ok {
+		fmt.Printf("         wall no worse than parallel-ssh: %.2fx of it (%s)\n", ratio(bg.wallMed, ps.wallMed), verdict(bg.wallMed <= ps.wallMed))
 	}
 }
 

@@ -63,7 +63,7 @@ type simResult struct {
 
 func (r simResult) rate() float64 { return float64(r.OK) / r.Wall.Seconds() }
 
-func benchSim(dir string, n, inflight int, latency time.Duration, profile string) {
+func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profile string) {
 	keyPath, _, err := sshdtest.WriteKey(filepath.Join(dir, "sim_host_key"))
 	check(err)
 	b, _ := os.ReadFile(keyPath)
@@ -79,77 +79,94 @@ func benchSim(dir string, n, inflight int, latency time.Duration, profile string
 	check(os.WriteFile(filepath.Join(dir, "sim_known_hosts"), []byte(kh.String()), 0o600))
 
 	type scenario struct {
-		name    string
-		ceiling simResult // the raw handshakes at the same latency
-		engine  simResult
+		name        string
+		engine, raw []simResult // one per round; raw: the handshakes at the same latency, the ceiling
 	}
 	var scenarios []scenario
-	var reuse simResult
+	var reuse []simResult
 	delays := []time.Duration{0}
 	if latency > 0 {
 		delays = append(delays, latency)
 	}
 	for _, d := range delays {
-		fmt.Fprintf(os.Stderr, "simulated nodes, +%s/write: raw handshakes, engine, raw handshakes...\n", d)
 		stop := startHelper(n, d, keyPath)
-		// The raw ceiling is measured before and after the engine and the
-		// better one kept, so that a burst of other work on the machine
-		// does not flatter the engine.
-		raw1 := runClient("raw", dir, n, inflight, "")
-		prof := ""
-		if profile != "" {
-			prof = fmt.Sprintf("%s-%s.prof", profile, d)
-		}
-		eng := runClient("engine", dir, n, inflight, prof)
-		raw2 := runClient("raw", dir, n, inflight, "")
-		if d == 0 {
-			// What an open connection costs when it stays open: with
-			// reuse on (a runbook's later steps), every node's connection
-			// is still idle in the pool at the end.
-			reuse = runClient("engine-reuse", dir, n, inflight, "")
-		}
-		stop()
-		sc := scenario{name: "breakglass engine", ceiling: raw1, engine: eng}
-		if raw2.rate() > raw1.rate() {
-			sc.ceiling = raw2
-		}
+		sc := scenario{name: "breakglass engine"}
 		if d > 0 {
 			sc.name = fmt.Sprintf("breakglass engine, +%s/write", d)
 		}
+		// The raw handshakes (the ceiling) and the engine run the same
+		// number of rounds, taking turns, and the first of them changes
+		// every round, so that neither always follows the other; the
+		// table compares their medians.
+		for round := 0; round < rounds; round++ {
+			fmt.Fprintf(os.Stderr, "simulated nodes, +%s/write: round %d of %d\n", d, round+1, rounds)
+			raw := func() { sc.raw = append(sc.raw, runClient("raw", dir, n, inflight, "")) }
+			eng := func() {
+				prof := ""
+				if profile != "" {
+					prof = fmt.Sprintf("%s-%s-r%d.prof", profile, d, round+1)
+				}
+				sc.engine = append(sc.engine, runClient("engine", dir, n, inflight, prof))
+			}
+			if round%2 == 0 {
+				raw()
+				eng()
+			} else {
+				eng()
+				raw()
+			}
+			if d == 0 {
+				// What an open connection costs when it stays open: with
+				// reuse on (a runbook's later steps), every node's
+				// connection is still idle in the pool at the end.
+				reuse = append(reuse, runClient("engine-reuse", dir, n, inflight, ""))
+			}
+		}
+		stop()
 		scenarios = append(scenarios, sc)
 	}
 
-	fmt.Printf("\nSimulated nodes: %d x/crypto/ssh servers in a helper process, one loopback address each, %d in flight, command `true`; each run in a fresh client process (%d CPUs)\n\n",
-		n, inflight, runtime.NumCPU())
+	fmt.Printf("\nSimulated nodes: %d x/crypto/ssh servers in a helper process, one loopback address each, %d in flight, command `true`; each run in a fresh client process;\n"+
+		"%d rounds of every run, taking turns; the median of the rounds, and the least wall time (%d CPUs)\n\n",
+		n, inflight, rounds, runtime.NumCPU())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tnodes ok\twall\tnodes/s\tvs ceiling\tclient CPU/node\tpeak RSS\tpeak conns\tRSS/conn\tpeak goroutines\t")
-	line := func(name string, r simResult, ceiling float64) {
+	fmt.Fprintln(tw, "run\tnodes ok\twall median\twall min\tnodes/s\tvs ceiling\tclient CPU/node\tpeak RSS\tpeak conns\tRSS/conn\tpeak goroutines\t")
+	line := func(name string, rs []simResult, ceiling float64) {
+		s := summarizeSim(rs)
 		perConn := "-"
-		if r.PeakConns > 0 {
-			perConn = fmt.Sprintf("%.1f KiB", float64(r.PeakRSS)/float64(r.PeakConns))
+		if s.PeakConns > 0 {
+			perConn = fmt.Sprintf("%.1f KiB", rssPerConn(rs))
 		}
-		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%.0f\t%.0f%%\t%s\t%.1f MiB\t%d\t%s\t%d\t\n", name, r.OK, r.Nodes, r.Wall.Round(time.Millisecond),
-			r.rate(), 100*r.rate()/ceiling, perNode(r.CPU, r.Nodes), float64(r.PeakRSS)/1024, r.PeakConns, perConn, r.PeakG)
+		rate := medianRate(rs)
+		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%.0f\t%.0f%%\t%s\t%.1f MiB\t%d\t%s\t%d\t\n", name, s.okMin, s.Nodes, s.Wall.Round(time.Millisecond),
+			s.wallMin.Round(time.Millisecond), rate, 100*rate/ceiling, perNode(s.CPU, s.Nodes), float64(s.PeakRSS)/1024, s.PeakConns, perConn, s.PeakG)
 	}
 	for _, sc := range scenarios {
-		c := sc.ceiling.rate()
+		c := medianRate(sc.raw)
 		line(sc.name, sc.engine, c)
 		raw := "raw x/crypto/ssh handshakes (ceiling)"
 		if sc.name != "breakglass engine" {
 			raw = "raw handshakes, " + strings.TrimPrefix(sc.name, "breakglass engine, ")
 		}
-		line(raw, sc.ceiling, c)
+		line(raw, sc.raw, c)
 	}
-	line("breakglass engine, reuse on (all kept open)", reuse, scenarios[0].ceiling.rate())
+	line("breakglass engine, reuse on (all kept open)", reuse, medianRate(scenarios[0].raw))
 	tw.Flush()
-	e, c := scenarios[0].engine, scenarios[0].ceiling
-	perConn := float64(e.PeakRSS) / float64(max(e.PeakConns, 1))
-	idle := float64(reuse.PeakRSS) / float64(max(reuse.PeakConns, 1))
+	fmt.Println("\nnodes ok: the fewest of any round. nodes/s and RSS/conn: the median of the rounds' own; vs ceiling: of the medians of nodes/s.")
+	e, c := scenarios[0].engine, scenarios[0].raw
+	er, cr := medianRate(e), medianRate(c)
+	idle := rssPerConn(reuse)
 	fmt.Printf("\ntargets: >= 1500 nodes/s: %.0f (%s; the raw ceiling of this machine in this run is %.0f/s)\n"+
 		"         within 80%% of the ceiling: %.0f%% (%s)\n"+
-		"         RSS per open connection < 64 KiB: %.1f KiB (%s; 5,000 kept open); a connection in flight, mid key exchange, takes %.1f KiB (raw x/crypto/ssh: %.1f KiB)\n",
-		e.rate(), verdict(e.rate() >= 1500), c.rate(), 100*e.rate()/c.rate(), verdict(e.rate() >= 0.8*c.rate()),
-		idle, verdict(idle < 64), perConn, float64(c.PeakRSS)/float64(max(c.PeakConns, 1)))
+		"         RSS per open connection < 64 KiB: %.1f KiB (%s; %d kept open); a connection in flight, mid key exchange, takes %.1f KiB (raw x/crypto/ssh: %.1f KiB)\n",
+		er, verdict(er >= 1500), cr, 100*er/cr, verdict(er >= 0.8*cr),
+		idle, verdict(idle < 64), n, rssPerConn(e), rssPerConn(c))
+}
+
+// rssPerConn is the median over the rounds of peak RSS per peak open
+// connection, in KiB.
+func rssPerConn(rs []simResult) float64 {
+	return median(collect(rs, func(r simResult) float64 { return float64(r.PeakRSS) / float64(max(r.PeakConns, 1)) }))
 }
 
 // startHelper starts the simulated nodes in another process and returns a
@@ -184,6 +201,7 @@ func runClient(mode, dir string, n, inflight int, profile string) simResult {
 	if r.OK < r.Nodes {
 		fmt.Fprintf(os.Stderr, "%s: %d of %d nodes not ok; first error: %s\n", mode, r.Nodes-r.OK, r.Nodes, r.FirstErr)
 	}
+	fmt.Fprintf(os.Stderr, "  %s: %d/%d ok in %s, %.0f nodes/s\n", mode, r.OK, r.Nodes, r.Wall.Round(time.Millisecond), r.rate())
 	return r
 }
 
