@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/breakglass/breakglass/etcd"
 	"github.com/breakglass/breakglass/nodeops"
@@ -28,11 +29,16 @@ type NodeRunner interface {
 type nodeFlags struct {
 	sel    selector.Options
 	source string // inventory | etcd
+	// flags is the command's flag set: resolveNodes refuses flags that are
+	// unsafe with the nodes it resolved (--accept-new-host-keys for
+	// addresses read from etcd), whichever command registered them.
+	flags *pflag.FlagSet
 }
 
 func addNodeFlags(cmd *cobra.Command, f *nodeFlags) {
 	fl := cmd.Flags()
-	fl.StringArrayVar(&f.sel.Nodes, "nodes", nil, "nodes to work on: names, globs, role=ROLE, label=KEY=VALUE, comma separated (default: all)")
+	f.flags = fl
+	fl.StringArrayVar(&f.sel.Nodes, "nodes", nil, "nodes to work on: names, globs, role=ROLE, label=SELECTOR (as kubectl -l), comma separated (default: all)")
 	fl.StringVar(&f.sel.NodesFile, "nodes-file", "", "read node selection terms from `file`, one per line (NAME ADDRESS adds a node)")
 	fl.StringArrayVar(&f.sel.Exclude, "exclude", nil, "nodes to leave out, same syntax as --nodes")
 	fl.StringVar(&f.source, "nodes-source", "inventory", "where nodes come from: inventory, or etcd (the inventory completed from the Node objects in etcd)")
@@ -45,7 +51,7 @@ type sshFlags struct {
 }
 
 func addSSHFlags(cmd *cobra.Command, f *sshFlags) {
-	cmd.Flags().BoolVar(&f.acceptNew, "accept-new-host-keys", false, "trust and record the host keys of nodes not yet in known_hosts (a changed key is still refused)")
+	cmd.Flags().BoolVar(&f.acceptNew, "accept-new-host-keys", false, "trust and record the host keys of nodes not yet in known_hosts (a changed key is still refused; refused for nodes whose address comes from etcd)")
 	cmd.Flags().IntVar(&f.retries, "retries", 2, "retries per node for errors that are safe to retry (connection refused or reset before the command started)")
 }
 
@@ -84,6 +90,14 @@ func resolveNodes(ctx context.Context, d *Deps, f *nodeFlags) ([]nodeops.Target,
 	if err != nil {
 		return nil, &usageError{err}
 	}
+	if f.flags == nil {
+		return nodes, nil
+	}
+	if accept, _ := f.flags.GetBool("accept-new-host-keys"); accept {
+		if err := refuseAcceptNewFromEtcd(nodes); err != nil {
+			return nil, err
+		}
+	}
 	return nodes, nil
 }
 
@@ -98,6 +112,7 @@ func sshOptions(d *Deps, f *sshFlags) (sshclient.Options, error) {
 	if d.Global.Verbose > 1 {
 		o.Logf = func(format string, a ...any) { fmt.Fprintf(d.ErrOut, "ssh: "+format+"\n", a...) }
 	}
+	o.Warnf = func(format string, a ...any) { fmt.Fprintf(d.ErrOut, "warning: "+format+"\n", a...) }
 	return o, nil
 }
 

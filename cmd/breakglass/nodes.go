@@ -129,7 +129,8 @@ one failed shows "-".
 
 Output: table, wide, json ("type":"nodeCheck"), yaml.
 Exit codes: 0 every check passed, 1 error, 2 usage, 3 some node failed a
-check, 130 cancelled.`,
+check, 4 refused (--accept-new-host-keys with nodes whose address comes
+from etcd), 130 cancelled.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(d, "table", "wide", "json", "yaml"); err != nil {

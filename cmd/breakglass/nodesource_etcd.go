@@ -51,6 +51,31 @@ func (s etcdNodeSource) ListNodes(ctx context.Context) ([]nodeops.ClusterNode, e
 	return out, nil
 }
 
+// refuseAcceptNewFromEtcd refuses --accept-new-host-keys when some node's
+// address was read from its Node object in etcd (source "etcd"; an
+// "inventory+etcd" node keeps the inventory's address). Whoever can write
+// a Node object can name any address there, and trusting the first key
+// that answers at it would hand them a node's root shell and whatever
+// breakglass sends it.
+func refuseAcceptNewFromEtcd(nodes []nodeops.Target) error {
+	var fromEtcd []string
+	for _, n := range nodes {
+		if n.Source == "etcd" {
+			fromEtcd = append(fromEtcd, n.Name)
+		}
+	}
+	if len(fromEtcd) == 0 {
+		return nil
+	}
+	names := strings.Join(fromEtcd, ", ")
+	if len(fromEtcd) > 5 {
+		names = strings.Join(fromEtcd[:5], ", ") + fmt.Sprintf(" and %d more", len(fromEtcd)-5)
+	}
+	return &refusedError{fmt.Errorf("--accept-new-host-keys refused: %d node(s) have the address of their Node object in etcd (%s), and a Node object can name any address: breakglass would trust whatever key answers there\n"+
+		"hint: add these nodes (name and address) to the inventory and check their keys out of band (ssh-keyscan, then compare fingerprints with the console or your provisioning records), "+
+		"or ship host certificates and trust the CA with a @cert-authority line in known_hosts; then run without --accept-new-host-keys", len(fromEtcd), names)}
+}
+
 func clusterNode(n *corev1.Node) nodeops.ClusterNode {
 	cn := nodeops.ClusterNode{Name: n.Name, Labels: n.Labels}
 	for _, a := range n.Status.Addresses {

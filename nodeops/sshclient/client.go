@@ -1,10 +1,11 @@
 // Package sshclient is breakglass's SSH client: a nodeops.Runner on
-// golang.org/x/crypto/ssh that verifies host keys against known_hosts,
-// authenticates with identity files and ssh-agent, reads the user's OpenSSH
-// client config, goes through jump hosts, runs commands under `sudo -n` when
-// the user is not root, gives every phase of a connection its own deadline,
-// and, when asked to, keeps idle connections for later steps of the same
-// run.
+// golang.org/x/crypto/ssh that verifies host keys as OpenSSH does (the
+// user's and the global known_hosts files, @cert-authority and @revoked
+// lines), authenticates with identity files, user certificates and
+// ssh-agent, reads the user's OpenSSH client config, goes through jump
+// hosts or a ProxyCommand, runs commands under `sudo -n` when the user is
+// not root, gives every phase of a connection its own deadline, and, when
+// asked to, keeps idle connections for later steps of the same run.
 package sshclient
 
 import (
@@ -31,6 +32,9 @@ type Client struct {
 	hk   *hostKeys
 	auth *auth
 	cfg  *sshConfig
+	// defaultUserKH are ~/.ssh/known_hosts and known_hosts2, worked out
+	// once rather than per node.
+	defaultUserKH []string
 
 	dials atomic.Int64
 	// open and peakOpen count the connections open now and at most, from
@@ -45,9 +49,10 @@ type Client struct {
 
 var _ nodeops.Runner = (*Client)(nil)
 
-// New returns a client. It reads the known_hosts files, the ssh config and
-// the private keys it can use now, so that mistakes show before any node is
-// touched.
+// New returns a client. It reads the ssh config, the known_hosts files it
+// can name without a node (the options', the config's, the defaults) and
+// the private keys it can use now, so that mistakes show before any node
+// is touched.
 func New(opts Options) (*Client, error) {
 	opts.defaults()
 	switch opts.Sudo {
@@ -55,23 +60,26 @@ func New(opts Options) (*Client, error) {
 	default:
 		return nil, fmt.Errorf("sudo %q: must be auto, always or never", opts.Sudo)
 	}
-	hk, err := newHostKeys(opts.KnownHosts, opts.AcceptNewHostKeys)
-	if err != nil {
-		return nil, err
-	}
 	cfg, err := loadSSHConfig(opts.ConfigFile)
 	if err != nil {
 		return nil, err
 	}
-	a, err := newAuth(opts.AgentSocket, opts.Logf)
+	for _, w := range cfg.warnings {
+		opts.Warnf("%s", w)
+	}
+	a, err := newAuth(opts.AgentSocket, opts.Logf, opts.Warnf)
 	if err != nil {
 		return nil, err
 	}
 	if len(opts.IdentityFiles) == 0 && len(a.agentS) == 0 {
 		opts.IdentityFiles = defaultIdentities()
 	}
-	return &Client{opts: opts, hk: hk, auth: a, cfg: cfg,
-		idle: map[string][]*conn{}, jumps: map[string]*jumpConn{}}, nil
+	c := &Client{opts: opts, hk: newHostKeys(opts.AcceptNewHostKeys), auth: a, cfg: cfg, defaultUserKH: defaultUserKnownHosts(),
+		idle: map[string][]*conn{}, jumps: map[string]*jumpConn{}}
+	if err := c.preloadKnownHosts(); err != nil {
+		return nil, fmt.Errorf("known_hosts: %w\nhint: %s", err, knownHostsHint)
+	}
+	return c, nil
 }
 
 // Close closes every idle connection and jump host connection.
@@ -259,7 +267,7 @@ func (c *Client) commandLine(e *endpoint, cmd nodeops.Command) (string, bool) {
 	if cmd.NoSudo || c.opts.Sudo == "never" || (c.opts.Sudo == "auto" && e.user == "root") {
 		return cmd.Line, false
 	}
-	return "sudo -n -- sh -c " + ShellQuote(cmd.Line), true
+	return "sudo -n -- sh -c " + nodeops.ShellQuote(cmd.Line), true
 }
 
 // UsesSudo reports whether commands on t run under sudo -n.
@@ -295,11 +303,6 @@ func firstLine(b []byte) string {
 		s = s[:i]
 	}
 	return s
-}
-
-// ShellQuote quotes s for a POSIX shell.
-func ShellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // tailBuffer keeps the last limit bytes written to it.

@@ -4,16 +4,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/kevinburke/ssh_config"
-	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/inventory"
@@ -31,14 +26,21 @@ type Options struct {
 	IdentityFiles []string
 	// AgentSocket is the ssh-agent socket ("" for no agent).
 	AgentSocket string
-	// KnownHosts are the known_hosts files; unknown keys are recorded in the
-	// first when AcceptNewHostKeys is set.
+	// KnownHosts are the user's known_hosts files for every node; empty
+	// picks the ssh config's UserKnownHostsFile for the node, else
+	// ~/.ssh/known_hosts and ~/.ssh/known_hosts2. Unknown keys are recorded
+	// in the first of a node's user files when AcceptNewHostKeys is set.
 	KnownHosts        []string
 	AcceptNewHostKeys bool
+	// GlobalKnownHosts are the system-wide known_hosts files, read after
+	// the user's and never written; nil picks the ssh config's
+	// GlobalKnownHostsFile for the node, else DefaultGlobalKnownHosts.
+	// Tests point it at their own file so as not to read /etc.
+	GlobalKnownHosts []string
 	// ConfigFile is an OpenSSH client config ("" for none).
 	ConfigFile string
 	// JumpHost is [user@]host[:port][,...]: it wins over the ssh config's
-	// ProxyJump. "none" disables the ssh config's ProxyJump.
+	// ProxyJump and ProxyCommand. "none" disables both.
 	JumpHost string
 	// Sudo is "auto" (sudo -n when the user is not root), "always" or "never".
 	Sudo string
@@ -75,6 +77,10 @@ type Options struct {
 
 	// Logf, if set, receives debug lines.
 	Logf func(format string, a ...any)
+	// Warnf, if set, receives what the operator should know but that does
+	// not stop the run (an ssh config Match block that is ignored, a
+	// CertificateFile that cannot be used). Default: Logf.
+	Warnf func(format string, a ...any)
 }
 
 func (o *Options) defaults() {
@@ -110,6 +116,9 @@ func (o *Options) defaults() {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	if o.Warnf == nil {
+		o.Warnf = o.Logf
+	}
 }
 
 // FromInventory returns the options the inventory's ssh section describes.
@@ -128,7 +137,10 @@ func FromInventory(inv *inventory.Inventory) Options {
 	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" && (s.Agent == nil || *s.Agent) {
 		o.AgentSocket = sock
 	}
-	if s.KnownHosts != "" {
+	// The inventory fills in ~/.ssh/known_hosts when ssh.knownHosts is
+	// not set; that default must not hide the ssh config's
+	// UserKnownHostsFile, nor ~/.ssh/known_hosts2.
+	if def := defaultUserKnownHosts(); s.KnownHosts != "" && (inv.IsSet("ssh.knownHosts") || len(def) == 0 || s.KnownHosts != def[0]) {
 		o.KnownHosts = []string{s.KnownHosts}
 	}
 	switch s.Config {
@@ -150,12 +162,19 @@ func FromInventory(inv *inventory.Inventory) Options {
 
 // endpoint is one SSH server to reach, fully resolved.
 type endpoint struct {
-	name       string // node name (for errors)
-	host       string
-	port       int
-	user       string
-	identities []string
-	jumps      []*endpoint // outermost first
+	name         string // node name (for errors)
+	host         string
+	port         int
+	user         string
+	identities   []string
+	certificates []string // CertificateFile: user certificates to offer
+	// knownHosts and globalKnownHosts are the known_hosts files its host
+	// key is checked against.
+	knownHosts, globalKnownHosts []string
+	// proxyCommand is the ProxyCommand (%-tokens expanded) that carries
+	// the connection instead of TCP; only used when there are no jumps.
+	proxyCommand string
+	jumps        []*endpoint // outermost first
 }
 
 func (e *endpoint) addr() string { return net.JoinHostPort(e.host, strconv.Itoa(e.port)) }
@@ -166,70 +185,11 @@ func (e *endpoint) key() string {
 	for _, j := range e.jumps {
 		b.WriteString(j.user + "@" + j.addr() + ">")
 	}
+	if e.proxyCommand != "" {
+		b.WriteString("|" + e.proxyCommand + ">")
+	}
 	b.WriteString(e.user + "@" + e.addr())
 	return b.String()
-}
-
-// sshConfig reads the OpenSSH client config.
-type sshConfig struct{ cfg *ssh_config.Config }
-
-func loadSSHConfig(path string) (*sshConfig, error) {
-	if path == "" {
-		return &sshConfig{}, nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("ssh config: %w", err)
-	}
-	defer f.Close()
-	cfg, err := ssh_config.Decode(f)
-	if err != nil {
-		return nil, fmt.Errorf("ssh config %s: %w\nhint: fix the file, or set ssh.config: none in the inventory", path, err)
-	}
-	return &sshConfig{cfg: cfg}, nil
-}
-
-// catchAll is a host name no Host pattern names: what it gets is what the
-// catch-all blocks (Host *) give every host.
-const catchAll = "\x00breakglass-no-such-host"
-
-// get returns key for the first of aliases that a block other than a
-// catch-all sets it for, else the catch-all's value: so that with
-// "Host 10.2.0.*" and "Host *" blocks, a node named db-7 at 10.2.0.7 gets
-// the address block's value, not the catch-all's that its name matched.
-// (A name block that sets the same value as the catch-all counts as not
-// setting it.)
-func (c *sshConfig) get(key string, aliases ...string) string {
-	if c.cfg == nil {
-		return ""
-	}
-	def, _ := c.cfg.Get(catchAll, key)
-	for _, a := range aliases {
-		if a == "" {
-			continue
-		}
-		if v, err := c.cfg.Get(a, key); err == nil && v != "" && v != def {
-			return v
-		}
-	}
-	return def
-}
-
-// getAll is get for keys that take several values (IdentityFile).
-func (c *sshConfig) getAll(key string, aliases ...string) []string {
-	if c.cfg == nil {
-		return nil
-	}
-	def, _ := c.cfg.GetAll(catchAll, key)
-	for _, a := range aliases {
-		if a == "" {
-			continue
-		}
-		if v, err := c.cfg.GetAll(a, key); err == nil && len(v) > 0 && !slices.Equal(v, def) {
-			return v
-		}
-	}
-	return def
 }
 
 // resolve turns a target into an endpoint. Precedence: the node's own user
@@ -241,17 +201,31 @@ func (c *Client) resolve(t nodeops.Target) (*endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
+	// resolveHost took the config's ProxyCommand. The inventory's jump
+	// host (or "none") beats it; between the config's ProxyJump and
+	// ProxyCommand, ssh uses whichever it reads first.
 	jump := c.opts.JumpHost
-	if jump == "" {
+	if jump != "" {
+		e.proxyCommand = ""
+	} else {
 		jump = c.cfg.get("ProxyJump", aliases...)
+		if pj, pc := c.cfg.entry("ProxyJump", aliases...), c.cfg.entry("ProxyCommand", aliases...); pj != nil && pc != nil && pc.seq < pj.seq {
+			jump = ""
+		}
 	}
 	if jump != "" && jump != "none" {
+		e.proxyCommand = ""
 		for _, spec := range strings.Split(jump, ",") {
 			j, err := c.parseJump(strings.TrimSpace(spec))
 			if err != nil {
 				return nil, fmt.Errorf("jump host %q: %w", spec, err)
 			}
 			e.jumps = append(e.jumps, j)
+		}
+		// A hop reached through the one before it uses that hop's
+		// connection, not its own ProxyCommand (as ssh -J does).
+		for _, j := range e.jumps[1:] {
+			j.proxyCommand = ""
 		}
 	}
 	return e, nil
@@ -288,11 +262,128 @@ func (c *Client) resolveHost(name, address, user string, port int, aliases []str
 			e.user = u
 		}
 	}
+	tok := e.tokens()
 	e.identities = append(e.identities, c.opts.IdentityFiles...)
 	for _, f := range c.cfg.getAll("IdentityFile", aliases...) {
-		e.identities = append(e.identities, expandHome(f))
+		p, err := expandPath("IdentityFile", f, tok)
+		if err != nil {
+			return nil, err
+		}
+		e.identities = append(e.identities, p)
+	}
+	for _, f := range c.cfg.getAll("CertificateFile", aliases...) {
+		p, err := expandPath("CertificateFile", f, tok)
+		if err != nil {
+			return nil, err
+		}
+		e.certificates = append(e.certificates, p)
+	}
+	var err error
+	e.knownHosts, e.globalKnownHosts = c.opts.KnownHosts, c.opts.GlobalKnownHosts
+	if len(e.knownHosts) == 0 {
+		if e.knownHosts, err = c.configKnownHosts("UserKnownHostsFile", aliases, tok, c.defaultUserKH); err != nil {
+			return nil, err
+		}
+	}
+	if e.globalKnownHosts == nil {
+		if e.globalKnownHosts, err = c.configKnownHosts("GlobalKnownHostsFile", aliases, tok, DefaultGlobalKnownHosts); err != nil {
+			return nil, err
+		}
+	}
+	if pc := c.cfg.entry("ProxyCommand", aliases...); pc != nil && pc.raw != "none" {
+		if e.proxyCommand, err = expandTokens(pc.raw, tok); err != nil {
+			return nil, fmt.Errorf("ssh config %s:%d: ProxyCommand: %w", pc.file, pc.line, err)
+		}
 	}
 	return e, nil
+}
+
+// configKnownHosts returns the known_hosts files the ssh config's keyword
+// names for a host ("none": no file), else the defaults.
+func (c *Client) configKnownHosts(keyword string, aliases []string, tok tokens, defaults []string) ([]string, error) {
+	e := c.cfg.entry(keyword, aliases...)
+	if e == nil || len(e.args) == 0 {
+		return defaults, nil
+	}
+	if len(e.args) == 1 && strings.EqualFold(e.args[0], "none") {
+		return []string{}, nil
+	}
+	var out []string
+	for _, a := range e.args {
+		p, err := expandPath(keyword, a, tok)
+		if err != nil {
+			return nil, fmt.Errorf("ssh config %s:%d: %w", e.file, e.line, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// tokens are the values of the %-tokens ssh expands in ProxyCommand and
+// in file names, for one endpoint.
+type tokens struct{ host, port, user, name string }
+
+func (e *endpoint) tokens() tokens {
+	return tokens{host: e.host, port: strconv.Itoa(e.port), user: e.user, name: e.name}
+}
+
+func (t tokens) value(c byte) (string, bool) {
+	switch c {
+	case 'h':
+		return t.host, true
+	case 'p':
+		return t.port, true
+	case 'r':
+		return t.user, true
+	case 'n':
+		return t.name, true
+	case '%':
+		return "%", true
+	case 'd':
+		home, err := os.UserHomeDir()
+		return home, err == nil
+	case 'u':
+		u, err := user.Current()
+		if err != nil {
+			return "", false
+		}
+		return u.Username, true
+	}
+	return "", false
+}
+
+// expandTokens replaces %h, %p, %r, %n, %d, %u and %% as ssh does; any
+// other token is an error, as in ssh, rather than a literal.
+func expandTokens(s string, tok tokens) (string, error) {
+	if !strings.Contains(s, "%") {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+1 == len(s) {
+			return "", fmt.Errorf("%q ends with a lone %%", s)
+		}
+		v, ok := tok.value(s[i+1])
+		if !ok {
+			return "", fmt.Errorf("%q: %%%c is not a token breakglass knows (it expands %%h %%p %%r %%n %%d %%u %%%%)", s, s[i+1])
+		}
+		b.WriteString(v)
+		i++
+	}
+	return b.String(), nil
+}
+
+// expandPath expands ~ and the %-tokens of a file name from the ssh config.
+func expandPath(keyword, p string, tok tokens) (string, error) {
+	p, err := expandTokens(expandHome(p), tok)
+	if err != nil {
+		return "", fmt.Errorf("ssh config: %s %w", keyword, err)
+	}
+	return p, nil
 }
 
 // parseJump resolves [user@]host[:port] through the ssh config.
@@ -317,88 +408,35 @@ func (c *Client) parseJump(spec string) (*endpoint, error) {
 }
 
 func expandHome(p string) string {
-	if strings.HasPrefix(p, "~/") {
+	if p == "~" || strings.HasPrefix(p, "~/") {
 		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, p[2:])
+			return filepath.Join(home, p[1:])
 		}
 	}
 	return p
 }
 
-// auth loads private keys once and hands out auth methods per endpoint.
-type auth struct {
-	mu      sync.Mutex
-	signers map[string]ssh.Signer // by path; nil when unusable
-	agent   agent.ExtendedAgent
-	agentS  []ssh.Signer
-	logf    func(string, ...any)
-}
-
-func newAuth(agentSocket string, logf func(string, ...any)) (*auth, error) {
-	a := &auth{signers: map[string]ssh.Signer{}, logf: logf}
-	if agentSocket != "" {
-		conn, err := net.Dial("unix", agentSocket)
-		if err != nil {
-			logf("ssh-agent at %s: %v (not used)", agentSocket, err)
-		} else {
-			a.agent = agent.NewClient(conn)
-			if a.agentS, err = a.agent.Signers(); err != nil {
-				logf("ssh-agent: %v (not used)", err)
-				a.agentS = nil
+// preloadKnownHosts reads, before any node is touched, every known_hosts
+// file the options and the ssh config name without per-host tokens, so
+// that a broken file stops the run at start rather than at each node.
+func (c *Client) preloadKnownHosts() error {
+	var paths []string
+	paths = append(paths, c.opts.KnownHosts...)
+	paths = append(paths, c.opts.GlobalKnownHosts...)
+	if len(c.opts.KnownHosts) == 0 && c.cfg.entry("UserKnownHostsFile", catchAll) == nil {
+		paths = append(paths, c.defaultUserKH...)
+	}
+	if c.opts.GlobalKnownHosts == nil && c.cfg.entry("GlobalKnownHostsFile", catchAll) == nil {
+		paths = append(paths, DefaultGlobalKnownHosts...)
+	}
+	for _, kw := range []string{"userknownhostsfile", "globalknownhostsfile"} {
+		for _, args := range everyValue(c.cfg.blocks, kw, nil) {
+			for _, a := range args {
+				if p := expandHome(a); !strings.Contains(p, "%") && !strings.EqualFold(p, "none") {
+					paths = append(paths, p)
+				}
 			}
 		}
 	}
-	return a, nil
-}
-
-// signer loads a private key; keys it cannot use (missing, or protected by
-// a passphrase, which breakglass never prompts for) are skipped: the agent
-// may hold them.
-func (a *auth) signer(path string) ssh.Signer {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if s, ok := a.signers[path]; ok {
-		return s
-	}
-	var s ssh.Signer
-	b, err := os.ReadFile(path)
-	if err == nil {
-		s, err = ssh.ParsePrivateKey(b)
-	}
-	if err != nil {
-		a.logf("identity %s: %v (skipped)", path, err)
-		s = nil
-	}
-	a.signers[path] = s
-	return s
-}
-
-func (a *auth) methods(identities []string) []ssh.AuthMethod {
-	var signers []ssh.Signer
-	for _, p := range identities {
-		if s := a.signer(p); s != nil {
-			signers = append(signers, s)
-		}
-	}
-	signers = append(signers, a.agentS...)
-	if len(signers) == 0 {
-		return nil
-	}
-	return []ssh.AuthMethod{ssh.PublicKeys(signers...)}
-}
-
-// defaultIdentities are the keys OpenSSH tries when none is configured.
-func defaultIdentities() []string {
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
-		p := filepath.Join(home, ".ssh", n)
-		if _, err := os.Stat(p); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
+	return c.hk.load(paths)
 }

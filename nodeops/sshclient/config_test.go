@@ -1,13 +1,17 @@
 package sshclient
 
 import (
+	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/inventory"
 )
 
 // TestResolveFromSSHConfig is the precedence table of docs/nodes.md: the
@@ -132,6 +136,238 @@ func TestResolveBadPortInSSHConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := c.resolve(nodeops.Target{Name: "bad", Address: "bad"}); err == nil || !strings.Contains(err.Error(), `Port "http"`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestSSHConfigMatchBlocks: Match blocks breakglass can evaluate apply as
+// in ssh; the others (exec, user, canonical, ...) are ignored with a
+// warning naming file:line, also in an Included file, instead of failing.
+func TestSSHConfigMatchBlocks(t *testing.T) {
+	u, err := user.Current()
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	inc := filepath.Join(dir, "inc.conf")
+	os.WriteFile(inc, []byte(`Match exec "nc -z %h 22"
+  Port 1
+Host inc-*
+  User inc
+`), 0o600)
+	cfgFile := filepath.Join(dir, "config")
+	os.WriteFile(cfgFile, []byte(`# the first Match is line 2
+Match exec "test -e /nonexistent"
+  User fromexec
+Match host web-*,db-1,!web-9
+  Port 2222
+Match originalhost 10.3.0.* !localuser nobody-at-all
+  User byaddr
+Match localuser `+u.Username+`
+  IdentityFile /keys/local
+Match user deploy host *
+  User fromuser
+Match canonical all
+  User canonical
+Host *
+  Include `+inc+`
+  User fallback
+`), 0o600)
+	var warnings []string
+	c, err := New(Options{ConfigFile: cfgFile, Warnf: func(f string, a ...any) { warnings = append(warnings, fmt.Sprintf(f, a...)) }})
+	if err != nil {
+		t.Fatalf("a config with Match exec must load: %v", err)
+	}
+	wantWarn := []string{cfgFile + `:2: Match block ignored: breakglass cannot evaluate exec "test -e /nonexistent"`,
+		cfgFile + `:10: Match block ignored: breakglass cannot evaluate user "deploy"`,
+		cfgFile + ":12: Match block ignored: breakglass cannot evaluate canonical",
+		inc + `:1: Match block ignored: breakglass cannot evaluate exec "nc -z %h 22"`}
+	if len(warnings) != len(wantWarn) {
+		t.Fatalf("warnings:\n%s", strings.Join(warnings, "\n"))
+	}
+	for i, w := range wantWarn {
+		if !strings.Contains(warnings[i], w) {
+			t.Errorf("warning %d: %q, want it to contain %q", i, warnings[i], w)
+		}
+	}
+	for _, tc := range []struct {
+		target nodeops.Target
+		port   int
+		user   string
+	}{
+		{nodeops.Target{Name: "web-1", Address: "192.0.2.1"}, 2222, "fallback"},
+		{nodeops.Target{Name: "web-9", Address: "192.0.2.9"}, 22, "fallback"},
+		{nodeops.Target{Name: "x", Address: "db-1"}, 2222, "fallback"},
+		{nodeops.Target{Name: "y", Address: "10.3.0.4"}, 22, "byaddr"},
+		{nodeops.Target{Name: "inc-1", Address: "192.0.2.2"}, 22, "inc"},
+	} {
+		e, err := c.resolve(tc.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.port != tc.port || e.user != tc.user || !slices.Contains(e.identities, "/keys/local") {
+			t.Errorf("%s: port %d user %s identities %v, want %d %s with /keys/local", tc.target.Name, e.port, e.user, e.identities, tc.port, tc.user)
+		}
+	}
+}
+
+func TestSSHConfigErrorsNameFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ text, want string }{
+		{"Host a\n  IdentityFile \"/unterminated\n", ":2: unterminated quote"},
+		{"Host\n", ":1: Host without a pattern"},
+		{"Match host\n", ":1: Match host: missing argument"},
+	} {
+		f := filepath.Join(dir, "config")
+		os.WriteFile(f, []byte(tc.text), 0o600)
+		_, err := New(Options{ConfigFile: f})
+		if err == nil || !strings.Contains(err.Error(), f+tc.want) || !strings.Contains(err.Error(), "hint: ") {
+			t.Errorf("%q: got %v, want %s%s", tc.text, err, f, tc.want)
+		}
+	}
+}
+
+// TestKnownHostsFilesPerHost: the inventory's known_hosts wins; else the
+// ssh config's UserKnownHostsFile for the host (several, ~ and %-tokens,
+// none), else ~/.ssh/known_hosts and known_hosts2; the global files come
+// from the options, else GlobalKnownHostsFile, else /etc/ssh.
+func TestKnownHostsFilesPerHost(t *testing.T) {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Skip("no home directory")
+	}
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "config")
+	os.WriteFile(cfgFile, []byte(`Host fleet-*
+  UserKnownHostsFile ~/.ssh/fleet_hosts "/kh/with space" /kh/%h_%p
+  GlobalKnownHostsFile /etc/fleet/ssh_known_hosts
+  CertificateFile ~/.ssh/fleet-cert.pub
+Host lab-*
+  UserKnownHostsFile none
+  GlobalKnownHostsFile none
+`), 0o600)
+	for _, tc := range []struct {
+		name         string
+		opts         Options
+		target       string
+		user, global []string
+		certs        []string
+	}{
+		{"config files", Options{}, "fleet-1",
+			[]string{filepath.Join(home, ".ssh/fleet_hosts"), "/kh/with space", "/kh/fleet-1_22"}, []string{"/etc/fleet/ssh_known_hosts"},
+			[]string{filepath.Join(home, ".ssh/fleet-cert.pub")}},
+		{"none", Options{}, "lab-1", []string{}, []string{}, nil},
+		{"defaults", Options{}, "other",
+			[]string{filepath.Join(home, ".ssh/known_hosts"), filepath.Join(home, ".ssh/known_hosts2")}, DefaultGlobalKnownHosts, nil},
+		{"options win", Options{KnownHosts: []string{"/inv/kh"}, GlobalKnownHosts: []string{"/test/global"}}, "fleet-1",
+			[]string{"/inv/kh"}, []string{"/test/global"}, []string{filepath.Join(home, ".ssh/fleet-cert.pub")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.opts
+			o.ConfigFile = cfgFile
+			c, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := c.resolve(nodeops.Target{Name: tc.target, Address: tc.target})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(e.knownHosts, tc.user) || !reflect.DeepEqual(e.globalKnownHosts, tc.global) || !reflect.DeepEqual(e.certificates, tc.certs) {
+				t.Errorf("user %q global %q certs %q\nwant %q %q %q", e.knownHosts, e.globalKnownHosts, e.certificates, tc.user, tc.global, tc.certs)
+			}
+		})
+	}
+}
+
+// TestProxyJumpOrProxyCommand: as in ssh, whichever of the two the config
+// gives first for the host is used; the inventory's jumpHost beats both.
+func TestProxyJumpOrProxyCommand(t *testing.T) {
+	cfgFile := filepath.Join(t.TempDir(), "config")
+	os.WriteFile(cfgFile, []byte(`Host cmd-first
+  ProxyCommand ssh -W %h:%p -l %r gw.example
+  ProxyJump bastion
+Host jump-first
+  ProxyJump bastion
+Host bastion
+  ProxyCommand nc -X connect -x proxy:3128 %h %p
+Host off
+  ProxyCommand none
+  ProxyJump bastion
+Host *
+  ProxyCommand nc %h %p
+`), 0o600)
+	for _, tc := range []struct {
+		name, jumpHost, target, proxy string
+		jumps                         []string
+	}{
+		{"ProxyCommand first", "", "cmd-first", "ssh -W 10.0.0.1:22 -l root gw.example", nil},
+		{"ProxyJump first; the jump host's own ProxyCommand", "", "jump-first", "", []string{"bastion:22 nc -X connect -x proxy:3128 bastion 22"}},
+		{"catch-all ProxyCommand", "", "plain", "nc 10.0.0.1 22", nil},
+		{"ProxyCommand none first", "", "off", "", nil},
+		{"inventory jump host wins", "root@gw2", "cmd-first", "", []string{"gw2:22 nc gw2 22"}},
+		{"inventory none disables both", "none", "cmd-first", "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(Options{ConfigFile: cfgFile, JumpHost: tc.jumpHost})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := c.resolve(nodeops.Target{Name: tc.target, Address: "10.0.0.1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var jumps []string
+			for _, j := range e.jumps {
+				jumps = append(jumps, strings.TrimSpace(j.addr()+" "+j.proxyCommand))
+			}
+			if e.proxyCommand != tc.proxy || !reflect.DeepEqual(jumps, tc.jumps) {
+				t.Errorf("proxy %q jumps %q, want %q %q", e.proxyCommand, jumps, tc.proxy, tc.jumps)
+			}
+		})
+	}
+	os.WriteFile(cfgFile, []byte("Host *\n  ProxyCommand nc %h %z\n"), 0o600)
+	c, err := New(Options{ConfigFile: cfgFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.resolve(nodeops.Target{Name: "a", Address: "a"}); err == nil || !strings.Contains(err.Error(), cfgFile+":2") || !strings.Contains(err.Error(), "%z") {
+		t.Errorf("unknown token: %v", err)
+	}
+}
+
+// TestFromInventoryKnownHosts: the inventory's own default for
+// ssh.knownHosts must not hide the ssh config's UserKnownHostsFile.
+func TestFromInventoryKnownHosts(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "breakglass.yaml")
+	os.WriteFile(p, []byte("ssh:\n  user: root\n  config: none\n"), 0o600)
+	inv, err := inventory.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := FromInventory(inv); o.KnownHosts != nil {
+		t.Errorf("ssh.knownHosts not set: KnownHosts %q, want none (the ssh config's or the defaults)", o.KnownHosts)
+	}
+	os.WriteFile(p, []byte("ssh:\n  knownHosts: ./kh\n  config: none\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "kh"), nil, 0o600)
+	if inv, err = inventory.Load(p); err != nil {
+		t.Fatal(err)
+	}
+	if o := FromInventory(inv); !reflect.DeepEqual(o.KnownHosts, []string{filepath.Join(dir, "kh")}) {
+		t.Errorf("ssh.knownHosts set: KnownHosts %q", o.KnownHosts)
+	}
+}
+
+// TestBrokenKnownHostsStopsAtStart: a known_hosts line that cannot be read
+// (it might be a @revoked one) stops the run before any node, in a global
+// file as in a user file.
+func TestBrokenKnownHostsStopsAtStart(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "ssh_known_hosts")
+	os.WriteFile(bad, []byte("# fleet\n@revoked * ssh-ed25519 not-base64!\n"), 0o600)
+	_, err := New(Options{KnownHosts: []string{filepath.Join(dir, "known_hosts")}, GlobalKnownHosts: []string{bad}})
+	if err == nil || !strings.Contains(err.Error(), bad+":2") || !strings.Contains(err.Error(), "hint: ") {
 		t.Fatalf("got %v", err)
 	}
 }

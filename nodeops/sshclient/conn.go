@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -134,15 +135,21 @@ func (c *Client) handshake(ctx context.Context, e *endpoint, nc net.Conn) (*conn
 	wd := newWatchdog(ctx, nc.Close)
 	wd.arm(nodeops.PhaseHandshake, c.opts.HandshakeTimeout)
 	addr := e.addr()
-	known := c.hk.known(addr)
+	trust, err := c.hk.trust(e)
+	if err != nil {
+		wd.disarm()
+		nc.Close()
+		return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseHostKey, Status: nodeops.StatusRefused, Reason: "known-hosts",
+			Err: fmt.Errorf("known_hosts: %w", err), Hint: knownHostsHint}
+	}
 	var hkErr error
 	cfg := &ssh.ClientConfig{
 		User:              e.user,
-		Auth:              c.auth.methods(e.identities),
-		HostKeyAlgorithms: algorithms(known),
+		Auth:              c.auth.methods(e.identities, e.certificates),
+		HostKeyAlgorithms: algorithms(trust),
 		ClientVersion:     "SSH-2.0-breakglass",
 		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
-			if err := c.hk.check(addr, remote, key, known); err != nil {
+			if err := c.hk.check(trust, key); err != nil {
 				hkErr = err
 				return err
 			}
@@ -203,11 +210,35 @@ func (c *Client) connect(ctx context.Context, e *endpoint) (*conn, error) {
 	if release != nil {
 		defer release()
 	}
+	if e.proxyCommand != "" && len(e.jumps) == 0 {
+		return c.connectProxy(ctx, e)
+	}
 	nc, err := dial(ctx, e.addr())
 	if err != nil {
 		return nil, c.classifyDial(ctx, e, err)
 	}
 	return c.handshake(ctx, e, c.counted(nc))
+}
+
+// connectProxy reaches e through its ProxyCommand. A command that ends
+// before the handshake is done (nc that cannot connect, a bastion that
+// refuses) is reported with its exit status and what it printed, rather
+// than as the bare end of file the handshake saw.
+func (c *Client) connectProxy(ctx context.Context, e *endpoint) (*conn, error) {
+	pc, err := startProxyCommand(e.proxyCommand)
+	if err != nil {
+		return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseDial, Status: nodeops.StatusUnreachable, Reason: "proxy-command",
+			Err: err, Hint: "check the ProxyCommand in the ssh config (it is run with /bin/sh -c)"}
+	}
+	cn, err := c.handshake(ctx, e, c.counted(pc))
+	var ne *nodeops.Error
+	if err != nil && errors.As(err, &ne) && ne.Phase == nodeops.PhaseHandshake && ne.Reason != "timeout" && ctx.Err() == nil {
+		if perr := pc.failed(); perr != nil {
+			return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseDial, Status: nodeops.StatusUnreachable, Reason: "proxy-command",
+				Err: perr, Hint: "run the ProxyCommand by hand (with %h %p %r filled in) to see why it cannot reach the node"}
+		}
+	}
+	return cn, err
 }
 
 // countedConn is a connection the client's gauge counts until it is

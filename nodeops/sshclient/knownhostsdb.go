@@ -3,203 +3,308 @@ package sshclient
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
+	"crypto/hmac"
+	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
-	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// knownHostsDB answers "which keys does known_hosts hold for host:port" in
-// constant time for the lines a fleet's known_hosts is made of (one plain
-// host or [host]:port pattern list per line, as ssh-keyscan writes them).
+// knownHostsFile is one known_hosts file, read once.
 //
-// knownhosts.New's callback scans every line for every check, which at
-// thousands of nodes is thousands x thousands pattern matches. The files are
-// read once here: lines whose patterns are plain names are indexed by
-// (host, port); the others (hashed |1| names, wildcards, negations) are
-// handed to knownhosts itself, so matching keeps its semantics exactly.
-// Only those lines are scanned per node: a hashed file still costs one HMAC
-// per line per node.
-type knownHostsDB struct {
-	// plain holds the keys of the lines with plain patterns, by address,
-	// in file order.
-	plain map[hostPort][]knownhosts.KnownKey
-	// revoked are the @revoked keys, by plainKeyBlob, as knownhosts checks
-	// them before any line.
+// Lines are read and matched exactly as x/crypto/ssh/knownhosts reads and
+// matches them (FuzzKnownHostsMatch holds the two together), with two
+// differences that follow OpenSSH instead: a @cert-authority key is a CA,
+// never a host key of its own, and a certificate whose key or signer is
+// @revoked is refused (see hostKeys.check).
+//
+// knownhosts' own callback scans every line for every check, which at
+// thousands of nodes is thousands x thousands pattern matches. Here lines
+// whose patterns are plain names (what ssh-keyscan writes) are indexed by
+// (host, port); only the others (hashed |1| names, wildcards, negations)
+// are matched per lookup: a hashed file still costs one HMAC per line per
+// node.
+type knownHostsFile struct {
+	path  string
+	lines []khLine
+	// plain maps an address to the lines (indexes into lines, ascending)
+	// whose plain patterns name it.
+	plain map[hostPort][]int32
+	// patterned are the lines that need matching, ascending.
+	patterned []int32
+	// revoked are the @revoked keys by plainKeyBlob. As in knownhosts and
+	// OpenSSH's reading of "must not ever be accepted", a revocation holds
+	// for every host whatever the line's host patterns say.
 	revoked map[string]knownhosts.KnownKey
-	// patterned is knownhosts over the lines that need pattern matching
-	// and the @revoked ones (nil if none): it also checks host
-	// certificates, which this index does not.
-	patterned ssh.HostKeyCallback
-	// files maps a temporary file name back to the known_hosts file whose
-	// patterned lines it holds, so that errors name the real file.
-	files map[string]string
-	order map[string]int // file name -> position, for file order
-	// probe is a key that is in no known_hosts file: checking it against
-	// patterned returns the keys its lines hold for a host.
-	probe ssh.PublicKey
+}
+
+// khLine is a plain or @cert-authority line.
+type khLine struct {
+	ca    bool
+	match hostMatcher
+	key   knownhosts.KnownKey
 }
 
 type hostPort struct{ host, port string }
 
-// loadKnownHosts reads the files (all must exist). The whole files are
-// validated by knownhosts.New first, so they are accepted or rejected
-// exactly as before, with its error messages; that copy is not kept.
-func loadKnownHosts(files []string) (*knownHostsDB, error) {
-	if _, err := knownhosts.New(files...); err != nil {
-		return nil, err
+// String is the address as knownhosts hashes it before Normalize.
+func (a hostPort) String() string {
+	h := a.host
+	if strings.Contains(h, ":") {
+		h = "[" + h + "]"
 	}
-	db := &knownHostsDB{plain: map[hostPort][]knownhosts.KnownKey{}, revoked: map[string]knownhosts.KnownKey{},
-		files: map[string]string{}, order: map[string]int{}}
-	var temps []string
-	defer func() {
-		for _, t := range temps {
-			os.Remove(t)
-		}
-	}()
-	for i, f := range files {
-		db.order[f] = i
-		patterned, err := db.read(f)
-		if err != nil {
-			return nil, err
-		}
-		if patterned == nil {
-			continue
-		}
-		tmp, err := os.CreateTemp("", "breakglass-known-hosts-")
-		if err != nil {
-			return nil, fmt.Errorf("known_hosts: %w", err)
-		}
-		temps = append(temps, tmp.Name())
-		_, err = tmp.Write(patterned)
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return nil, fmt.Errorf("known_hosts: %w", err)
-		}
-		db.files[tmp.Name()] = f
-	}
-	if len(temps) > 0 {
-		var err error
-		if db.patterned, err = knownhosts.New(temps...); err != nil {
-			return nil, err
-		}
-		pub, _, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		if db.probe, err = ssh.NewPublicKey(pub); err != nil {
-			return nil, err
-		}
-	}
-	return db, nil
+	return h + ":" + a.port
 }
 
-// read indexes the plain lines of file f and returns a copy of f in which
-// every other line is blank, so that the line numbers knownhosts reports
-// for the patterned lines are those of f; nil when f has no such line.
-func (db *knownHostsDB) read(f string) ([]byte, error) {
-	b, err := os.ReadFile(f)
-	if err != nil {
-		return nil, err
-	}
-	var patterned bytes.Buffer
-	any := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(nil, 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Bytes()
-		if db.index(line, f, n) {
-			patterned.WriteByte('\n')
-			continue
-		}
-		any = true
-		patterned.Write(line)
-		patterned.WriteByte('\n')
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("known_hosts %s: %w", f, err)
-	}
-	if !any {
+type hostMatcher interface{ match(hostPort) bool }
+
+const (
+	markerCA      = "@cert-authority"
+	markerRevoked = "@revoked"
+)
+
+// readKnownHostsFile reads path; a missing file is (nil, nil), as for ssh.
+func readKnownHostsFile(path string) (*knownHostsFile, error) {
+	fh, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	return patterned.Bytes(), nil
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	return parseKnownHosts(fh, path)
 }
 
-// index records line n of file f if it needs no pattern matching, and
-// reports whether it is done with it (blank lines and comments are). A
-// @revoked line is recorded and also left to knownhosts, which checks
-// certificates against it.
-func (db *knownHostsDB) index(line []byte, f string, n int) bool {
-	fields := strings.Fields(string(line))
-	if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
-		return true
-	}
-	marker := ""
-	if strings.HasPrefix(fields[0], "@") {
-		marker, fields = fields[0], fields[1:]
-	}
-	if len(fields) < 3 {
-		return false // knownhosts accepted it: let it judge
-	}
-	kb, err := base64.StdEncoding.DecodeString(fields[2])
-	if err != nil {
-		return false
-	}
-	key, err := ssh.ParsePublicKey(kb)
-	if err != nil {
-		return false
-	}
-	kk := knownhosts.KnownKey{Key: key, Filename: f, Line: n}
-	switch marker {
-	case "@revoked":
-		db.revoked[plainKeyBlob(key)] = kk
-		return false
-	case "":
-	default:
-		return false // @cert-authority: knownhosts matches those
-	}
-	hosts := fields[0]
-	if strings.HasPrefix(hosts, "|") || strings.ContainsAny(hosts, "*?!") {
-		return false
-	}
-	for _, p := range strings.Split(hosts, ",") {
-		if p == "" {
+// parseKnownHosts reads a known_hosts file. A line knownhosts would reject
+// is rejected with knownhosts' message, naming the file and line.
+func parseKnownHosts(r io.Reader, path string) (*knownHostsFile, error) {
+	f := &knownHostsFile{path: path, plain: map[hostPort][]int32{}, revoked: map[string]knownhosts.KnownKey{}}
+	// knownhosts reads with bufio.Scanner's default 64 KiB line limit: a
+	// longer line is an error in both.
+	sc := bufio.NewScanner(r)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := bytes.Trim(sc.Bytes(), " \t")
+		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
-		hp, ok := patternAddr(p)
-		if !ok {
+		if err := f.add(line, n); err != nil {
+			return nil, fmt.Errorf("knownhosts: %s:%d: %v", path, n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("knownhosts: %s: line %d: %w", path, n+1, err)
+	}
+	return f, nil
+}
+
+func (f *knownHostsFile) add(line []byte, n int) error {
+	marker, pattern, key, err := parseKnownHostsLine(line)
+	if err != nil {
+		return err
+	}
+	kk := knownhosts.KnownKey{Key: key, Filename: f.path, Line: n}
+	if marker == markerRevoked {
+		f.revoked[plainKeyBlob(key)] = kk
+		return nil
+	}
+	m, plain, err := parseHostField(pattern)
+	if err != nil {
+		return err
+	}
+	idx := int32(len(f.lines))
+	f.lines = append(f.lines, khLine{ca: marker == markerCA, match: m, key: kk})
+	if plain == nil {
+		f.patterned = append(f.patterned, idx)
+		return nil
+	}
+	for _, a := range plain {
+		if l := f.plain[a]; len(l) == 0 || l[len(l)-1] != idx { // "a,a" is one line
+			f.plain[a] = append(l, idx)
+		}
+	}
+	return nil
+}
+
+// parseKnownHostsLine splits a line as knownhosts does, with its errors.
+func parseKnownHostsLine(line []byte) (marker, host string, key ssh.PublicKey, err error) {
+	if w, next := nextWord(line); w == markerCA || w == markerRevoked {
+		marker = w
+		line = next
+	}
+	host, line = nextWord(line)
+	if len(host) > 0 && host[0] == '@' {
+		return "", "", nil, fmt.Errorf("knownhosts: unexpected marker: %q", host)
+	}
+	if len(line) == 0 {
+		return "", "", nil, errors.New("knownhosts: missing host pattern")
+	}
+	wantType, line := nextWord(line)
+	if len(line) == 0 {
+		return "", "", nil, errors.New("knownhosts: missing key type pattern")
+	}
+	keyBlob, _ := nextWord(line)
+	keyBytes, err := base64.StdEncoding.DecodeString(keyBlob)
+	if err != nil {
+		return "", "", nil, err
+	}
+	if key, err = ssh.ParsePublicKey(keyBytes); err != nil {
+		return "", "", nil, err
+	}
+	if key.Type() != wantType {
+		return "", "", nil, fmt.Errorf("knownhosts: key type mismatch: found %q, want %q", key.Type(), wantType)
+	}
+	return marker, host, key, nil
+}
+
+func nextWord(line []byte) (string, []byte) {
+	i := bytes.IndexAny(line, "\t ")
+	if i == -1 {
+		return string(line), nil
+	}
+	return string(line[:i]), bytes.Trim(line[i:], " \t")
+}
+
+// parseHostField reads the host patterns of a line. plain lists the
+// addresses when every pattern is a plain name, so that the line can be
+// indexed; it is nil for hashed names, wildcards and negations.
+func parseHostField(pattern string) (m hostMatcher, plain []hostPort, err error) {
+	if pattern[0] == '|' {
+		h, err := newHashedHost(pattern)
+		return h, nil, err
+	}
+	var ps hostPatterns
+	for _, p := range strings.Split(pattern, ",") {
+		if len(p) == 0 {
+			continue
+		}
+		var hp hostPattern
+		if p[0] == '!' {
+			hp.negate = true
+			p = p[1:]
+		}
+		if len(p) == 0 {
+			return nil, nil, errors.New("knownhosts: negation without following hostname")
+		}
+		if p[0] == '[' {
+			if hp.addr.host, hp.addr.port, err = net.SplitHostPort(p); err != nil {
+				return nil, nil, err
+			}
+		} else if hp.addr.host, hp.addr.port, err = net.SplitHostPort(p); err != nil {
+			hp.addr = hostPort{p, "22"}
+		}
+		ps = append(ps, hp)
+	}
+	if !strings.ContainsAny(pattern, "*?!") {
+		for _, p := range ps {
+			plain = append(plain, p.addr)
+		}
+		if plain == nil {
+			plain = []hostPort{} // a field of commas names no host: indexed under none
+		}
+	}
+	return ps, plain, nil
+}
+
+type hostPattern struct {
+	negate bool
+	addr   hostPort
+}
+
+type hostPatterns []hostPattern
+
+// match is knownhosts': a matching negated pattern vetoes the line.
+func (ps hostPatterns) match(a hostPort) bool {
+	matched := false
+	for _, p := range ps {
+		if p.addr.port != a.port || !knownhostsWildcard(p.addr.host, a.host) {
+			continue
+		}
+		if p.negate {
 			return false
 		}
-		db.plain[hp] = append(db.plain[hp], kk)
+		matched = true
 	}
-	return true
+	return matched
 }
 
-// patternAddr reads a plain host pattern the way knownhosts does: [host]:port,
-// host:port, or host (port 22).
-func patternAddr(p string) (hostPort, bool) {
-	if p[0] == '[' {
-		h, port, err := net.SplitHostPort(p)
-		return hostPort{h, port}, err == nil
+// knownhostsWildcard is knownhosts' wildcardMatch without its exponential
+// recursion. That function lets a '*' match nothing except at the end of
+// the name: "a*" does not match "a", and "*" does not match "". So a
+// trailing run of stars means "at least one more byte", which is what "?*"
+// means to an ordinary glob.
+func knownhostsWildcard(pat, s string) bool {
+	if t := strings.TrimRight(pat, "*"); len(t) < len(pat) {
+		pat = t + "?*"
 	}
-	if h, port, err := net.SplitHostPort(p); err == nil {
-		return hostPort{h, port}, true
-	}
-	return hostPort{p, "22"}, true
+	return globMatch(pat, s)
 }
 
-// plainKeyBlob is knownhosts' key for revocations: the certified key of a
-// certificate, else the key.
+// globMatch matches s against pat, where '*' matches any run of bytes
+// (empty included) and '?' any one byte, in O(len(pat)*len(s)) at worst.
+func globMatch(pat, s string) bool {
+	p, i := 0, 0
+	starP, starI := -1, 0
+	for i < len(s) {
+		switch {
+		case p < len(pat) && (pat[p] == '?' || pat[p] == s[i]):
+			p++
+			i++
+		case p < len(pat) && pat[p] == '*':
+			starP, starI = p, i
+			p++
+		case starP >= 0:
+			starI++
+			p, i = starP+1, starI
+		default:
+			return false
+		}
+	}
+	for p < len(pat) && pat[p] == '*' {
+		p++
+	}
+	return p == len(pat)
+}
+
+// hashedHost is a |1|salt|hash name.
+type hashedHost struct{ salt, hash []byte }
+
+func newHashedHost(encoded string) (*hashedHost, error) {
+	parts := strings.Split(encoded, "|")
+	if len(parts) != 4 {
+		return nil, fmt.Errorf("knownhosts: got %d components, want 3", len(parts))
+	}
+	salt, err := base64.StdEncoding.DecodeString(parts[2])
+	if err != nil {
+		return nil, err
+	}
+	hash, err := base64.StdEncoding.DecodeString(parts[3])
+	if err != nil {
+		return nil, err
+	}
+	if parts[1] != "1" {
+		return nil, fmt.Errorf("knownhosts: got hash type %s, must be '1'", parts[1])
+	}
+	return &hashedHost{salt: salt, hash: hash}, nil
+}
+
+func (h *hashedHost) match(a hostPort) bool {
+	mac := hmac.New(sha1.New, h.salt)
+	mac.Write([]byte(knownhosts.Normalize(a.String())))
+	return bytes.Equal(mac.Sum(nil), h.hash)
+}
+
+// plainKeyBlob is the key revocations are recorded under: the certified
+// key of a certificate, else the key.
 func plainKeyBlob(key ssh.PublicKey) string {
 	if cert, ok := key.(*ssh.Certificate); ok {
 		return string(cert.Key.Marshal())
@@ -207,53 +312,128 @@ func plainKeyBlob(key ssh.PublicKey) string {
 	return string(key.Marshal())
 }
 
-// lookup returns the keys known_hosts holds for addr (host:port), in file
-// order, as knownhosts would list them in a KeyError.
-func (db *knownHostsDB) lookup(addr string) ([]knownhosts.KnownKey, error) {
+// lookup appends the plain keys and the CA keys whose lines match a, in
+// line order.
+func (f *knownHostsFile) lookup(a hostPort, known, cas []knownhosts.KnownKey) ([]knownhosts.KnownKey, []knownhosts.KnownKey) {
+	idx := f.plain[a]
+	pi := 0
+	take := func(i int32) {
+		l := &f.lines[i]
+		if l.ca {
+			cas = append(cas, l.key)
+		} else {
+			known = append(known, l.key)
+		}
+	}
+	for _, i := range f.patterned {
+		for ; pi < len(idx) && idx[pi] < i; pi++ {
+			take(idx[pi])
+		}
+		if f.lines[i].match.match(a) {
+			take(i)
+		}
+	}
+	for ; pi < len(idx); pi++ {
+		take(idx[pi])
+	}
+	return known, cas
+}
+
+// knownHostsDB is the known_hosts files that hold for one host: the
+// user's, then the global ones. A key found in any is trusted; a host
+// listed in any with other keys only has changed its key.
+type knownHostsDB struct {
+	files []*knownHostsFile // nil for a missing file
+	// user and global are the paths, for messages and for recording.
+	user, global []string
+}
+
+// loadKnownHosts reads the files as the user's files (tests and tools).
+func loadKnownHosts(files []string) (*knownHostsDB, error) {
+	db := &knownHostsDB{user: files}
+	for _, p := range files {
+		f, err := readKnownHostsFile(p)
+		if err != nil {
+			return nil, err
+		}
+		db.files = append(db.files, f)
+	}
+	return db, nil
+}
+
+// hostTrust is what the known_hosts files say about one address.
+type hostTrust struct {
+	addr string
+	// known are the plain host keys listed for the address, in file order.
+	known []knownhosts.KnownKey
+	// authorities are the @cert-authority keys whose patterns match it.
+	authorities []knownhosts.KnownKey
+	db          *knownHostsDB
+}
+
+// lookup returns what the files say about addr (host:port).
+func (db *knownHostsDB) lookup(addr string) (*hostTrust, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("knownhosts: SplitHostPort(%s): %v", addr, err)
 	}
-	out := db.plain[hostPort{host, port}]
-	if db.patterned == nil {
-		return out, nil
-	}
-	out = slices.Clone(out)
-	var ke *knownhosts.KeyError
-	if err := db.patterned(addr, fakeAddr(addr), db.probe); errors.As(err, &ke) && len(ke.Want) > 0 {
-		for _, k := range ke.Want {
-			k.Filename = db.files[k.Filename]
-			out = append(out, k)
+	t := &hostTrust{addr: addr, db: db}
+	for _, f := range db.files {
+		if f != nil {
+			t.known, t.authorities = f.lookup(hostPort{host, port}, t.known, t.authorities)
 		}
-		slices.SortStableFunc(out, func(a, b knownhosts.KnownKey) int {
-			if d := db.order[a.Filename] - db.order[b.Filename]; d != 0 {
-				return d
-			}
-			return a.Line - b.Line
-		})
 	}
-	return out, nil
+	return t, nil
 }
 
-// check is knownhosts' HostKeyCallback for addr, given the keys lookup
-// returned for it: a revoked key is refused first, then the key must be one
-// of the known ones.
-func (db *knownHostsDB) check(addr string, remote net.Addr, key ssh.PublicKey, known []knownhosts.KnownKey) error {
-	if _, ok := key.(*ssh.Certificate); ok {
-		if db.patterned == nil {
-			// What knownhosts says with no @cert-authority line.
-			return fmt.Errorf("ssh: no authorities for hostname: %v", addr)
+// revokedKey returns the @revoked line of key, if any.
+func (db *knownHostsDB) revokedKey(key ssh.PublicKey) *knownhosts.KnownKey {
+	blob := plainKeyBlob(key)
+	for _, f := range db.files {
+		if f == nil {
+			continue
 		}
-		return db.patterned(addr, remote, key)
+		if r, ok := f.revoked[blob]; ok {
+			return &r
+		}
 	}
-	if r, ok := db.revoked[plainKeyBlob(key)]; ok {
-		return &knownhosts.RevokedError{Revoked: r}
+	return nil
+}
+
+// revoked returns the @revoked line that refuses key: for a certificate,
+// that of its key or of the CA that signed it.
+func (t *hostTrust) revoked(key ssh.PublicKey) *knownhosts.KnownKey {
+	if r := t.db.revokedKey(key); r != nil {
+		return r
+	}
+	if cert, ok := key.(*ssh.Certificate); ok {
+		return t.db.revokedKey(cert.SignatureKey)
+	}
+	return nil
+}
+
+// authority returns the @cert-authority line of CA key ca for this host.
+func (t *hostTrust) authority(ca ssh.PublicKey) *knownhosts.KnownKey {
+	blob := ca.Marshal()
+	for i := range t.authorities {
+		if bytes.Equal(t.authorities[i].Key.Marshal(), blob) {
+			return &t.authorities[i]
+		}
+	}
+	return nil
+}
+
+// checkPlain is knownhosts' verdict on a plain key: revoked first, then
+// one of the known keys, else a KeyError listing them.
+func (t *hostTrust) checkPlain(key ssh.PublicKey) error {
+	if r := t.db.revokedKey(key); r != nil {
+		return &knownhosts.RevokedError{Revoked: *r}
 	}
 	blob := key.Marshal()
-	for _, k := range known {
+	for _, k := range t.known {
 		if bytes.Equal(k.Key.Marshal(), blob) {
 			return nil
 		}
 	}
-	return &knownhosts.KeyError{Want: known}
+	return &knownhosts.KeyError{Want: t.known}
 }

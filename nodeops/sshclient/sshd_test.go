@@ -45,8 +45,12 @@ func newClient(t *testing.T, o sshclient.Options) *sshclient.Client {
 	return c
 }
 
+// fixtureOptions trusts the fixture's known_hosts. The global known_hosts
+// is a file of the fixture's (absent unless a test writes it), so that
+// tests never read the machine's /etc/ssh/ssh_known_hosts.
 func fixtureOptions(fx *sshdtest.Fixture) sshclient.Options {
-	return sshclient.Options{User: "root", IdentityFiles: []string{fx.ClientKey}, KnownHosts: []string{fx.KnownHosts}}
+	return sshclient.Options{User: "root", IdentityFiles: []string{fx.ClientKey}, KnownHosts: []string{fx.KnownHosts},
+		GlobalKnownHosts: []string{filepath.Join(fx.Dir, "ssh_known_hosts")}}
 }
 
 // checkNoLeak waits for the goroutine count to come back to base.

@@ -1,6 +1,8 @@
 // Package sshdtest starts real OpenSSH sshd servers on loopback addresses
 // for tests and benchmarks: generated host keys, an authorized client key
-// and a known_hosts file that lists every server.
+// and a known_hosts file that lists every server; on request, host
+// certificates signed by a test CA and a trusted user CA (both made with
+// ssh-keygen, as an operator makes them).
 package sshdtest
 
 import (
@@ -32,10 +34,12 @@ type Server struct {
 	Host    string
 	Port    int
 	HostKey ssh.PublicKey
-	Config  string
-	mu      sync.Mutex // guards cmd: a test may kill a server while Stop runs
-	cmd     *exec.Cmd
-	dir     string
+	// HostCert is the host certificate sshd presents (Options.HostCA).
+	HostCert *ssh.Certificate
+	Config   string
+	mu       sync.Mutex // guards cmd: a test may kill a server while Stop runs
+	cmd      *exec.Cmd
+	dir      string
 }
 
 // Addr is host:port.
@@ -60,6 +64,18 @@ type Options struct {
 	Port int
 	// Extra is added to every sshd_config.
 	Extra string
+	// HostCA, if set, is a CA private key (see WriteKey) that signs every
+	// server's host key: sshd presents the certificate (HostCertificate)
+	// to clients that ask for it. HostPrincipals are its principals
+	// (default: the server's address and localhost).
+	HostCA         string
+	HostPrincipals []string
+	// UserCA, if set, is a CA public key file every server trusts for
+	// user certificates (TrustedUserCAKeys).
+	UserCA string
+	// NoAuthorizedKey leaves the client key out of authorized_keys, so
+	// that only a user certificate logs in.
+	NoAuthorizedKey bool
 }
 
 // Available reports why real sshd tests cannot run here, or "".
@@ -118,7 +134,7 @@ func StartDir(dir string, n int, opts Options) (*Fixture, error) {
 				return nil, err
 			}
 		}
-		if err := fx.start(s, opts.Extra); err != nil {
+		if err := fx.start(s, opts); err != nil {
 			fx.Stop()
 			return nil, err
 		}
@@ -138,7 +154,7 @@ func StartDir(dir string, n int, opts Options) (*Fixture, error) {
 	return fx, nil
 }
 
-func (fx *Fixture) start(s *Server, extra string) error {
+func (fx *Fixture) start(s *Server, opts Options) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return err
 	}
@@ -147,9 +163,30 @@ func (fx *Fixture) start(s *Server, extra string) error {
 		return err
 	}
 	s.HostKey = pub
+	extra := opts.Extra
+	if opts.HostCA != "" {
+		principals := opts.HostPrincipals
+		if principals == nil {
+			principals = []string{s.Host, "localhost"}
+		}
+		cert, err := SignCert(opts.HostCA, hostKey+".pub", true, principals...)
+		if err != nil {
+			return err
+		}
+		if s.HostCert, err = ReadCert(cert); err != nil {
+			return err
+		}
+		extra = "HostCertificate " + cert + "\n" + extra
+	}
+	if opts.UserCA != "" {
+		extra = "TrustedUserCAKeys " + opts.UserCA + "\n" + extra
+	}
 	clientPub, err := os.ReadFile(fx.ClientKey + ".pub")
 	if err != nil {
 		return err
+	}
+	if opts.NoAuthorizedKey {
+		clientPub = nil
 	}
 	auth := filepath.Join(s.dir, "authorized_keys")
 	if err := os.WriteFile(auth, clientPub, 0o600); err != nil {
@@ -239,6 +276,44 @@ func WriteKey(path string) (string, ssh.PublicKey, error) {
 		return "", nil, err
 	}
 	return path, sp, nil
+}
+
+// SignCert signs the public key file pub with the CA private key ca, as an
+// operator does: ssh-keygen -s ca -I id [-h] -n principals pub. It returns
+// the certificate's path (pub without .pub, then -cert.pub). A host
+// certificate (host) is what sshd's HostCertificate names; a user
+// certificate logs in as one of its principals where sshd trusts ca
+// (TrustedUserCAKeys).
+func SignCert(ca, pub string, host bool, principals ...string) (string, error) {
+	args := []string{"-q", "-s", ca, "-I", "sshdtest-" + filepath.Base(pub)}
+	if host {
+		args = append(args, "-h")
+	}
+	if len(principals) > 0 {
+		args = append(args, "-n", strings.Join(principals, ","))
+	}
+	args = append(args, pub)
+	if out, err := exec.Command("ssh-keygen", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("ssh-keygen %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSuffix(pub, ".pub") + "-cert.pub", nil
+}
+
+// ReadCert reads an OpenSSH certificate file.
+func ReadCert(path string) (*ssh.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c, ok := pub.(*ssh.Certificate)
+	if !ok {
+		return nil, fmt.Errorf("%s: not a certificate", path)
+	}
+	return c, nil
 }
 
 func freePort(host string) (int, error) {
