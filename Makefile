@@ -47,6 +47,7 @@ docs: build
 lint:
 	@test -z "$$(gofmt -l cmd etcd lab nodeops recover)" || { gofmt -l cmd etcd lab nodeops recover; echo "gofmt: the files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "lint: go.mod and go.sum are not tidy (the diff above): run go mod tidy"; exit 1; }
 	@if command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2 >/dev/null 2>&1; then \
 		PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...; \
 	else echo "lint: staticcheck not installable here, skipped"; fi

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/pmezard/go-difflib/difflib"
 	"sigs.k8s.io/yaml"
 )
 
@@ -39,99 +40,37 @@ func (c *Codec) DiffChange(ch *Change) string {
 }
 
 // UnifiedDiff returns a unified diff of two texts, line by line, with ctx
-// lines of context. Objects are at most a few thousand lines, so a plain
-// longest-common-subsequence table is fast enough.
+// lines of context, or "" when they are equal. A missing final newline counts
+// as present. difflib's matcher (a port of Python's) finds matching lines
+// through a hash index, and in a text over 200 lines it does not start a
+// match on a line repeated in more than 1% of it: a 20,000-line object
+// diffs in milliseconds, where a longest-common-subsequence table needed
+// 400M cells. The price is a hunk that can be larger than the smallest one.
 func UnifiedDiff(nameA, nameB, a, b string, ctx int) string {
 	if a == b {
 		return ""
 	}
-	al, bl := splitLines(a), splitLines(b)
-	n, m := len(al), len(bl)
-	// lcs[i][j] = length of the LCS of al[i:] and bl[j:].
-	lcs := make([][]int32, n+1)
-	for i := range lcs {
-		lcs[i] = make([]int32, m+1)
+	d, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+		A: splitLines(a), B: splitLines(b), FromFile: nameA, ToFile: nameB, Context: ctx,
+	})
+	if err != nil { // only a failed write, and a bytes.Buffer does not fail
+		return fmt.Sprintf("--- %s\n+++ %s\n# diff: %v\n", nameA, nameB, err)
 	}
-	for i := n - 1; i >= 0; i-- {
-		for j := m - 1; j >= 0; j-- {
-			if al[i] == bl[j] {
-				lcs[i][j] = lcs[i+1][j+1] + 1
-			} else {
-				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
-			}
-		}
-	}
-	type line struct {
-		op   byte
-		text string
-		ai   int // line numbers (0-based) in a and b before this line
-		bi   int
-	}
-	var ops []line
-	i, j := 0, 0
-	for i < n || j < m {
-		switch {
-		case i < n && j < m && al[i] == bl[j]:
-			ops = append(ops, line{' ', al[i], i, j})
-			i++
-			j++
-		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
-			ops = append(ops, line{'+', bl[j], i, j})
-			j++
-		default:
-			ops = append(ops, line{'-', al[i], i, j})
-			i++
-		}
-	}
-	var out strings.Builder
-	fmt.Fprintf(&out, "--- %s\n+++ %s\n", nameA, nameB)
-	for k := 0; k < len(ops); {
-		if ops[k].op == ' ' {
-			k++
-			continue
-		}
-		// A hunk: from ctx lines before this change to ctx lines after the
-		// last change that is within 2*ctx of the previous one.
-		start := max(k-ctx, 0)
-		end := k
-		for end < len(ops) {
-			if ops[end].op != ' ' {
-				end++
-				continue
-			}
-			run := end
-			for run < len(ops) && ops[run].op == ' ' {
-				run++
-			}
-			if run == len(ops) || run-end > 2*ctx {
-				end = min(end+ctx, len(ops))
-				break
-			}
-			end = run
-		}
-		var na, nb int
-		for _, l := range ops[start:end] {
-			if l.op != '+' {
-				na++
-			}
-			if l.op != '-' {
-				nb++
-			}
-		}
-		fmt.Fprintf(&out, "@@ -%d,%d +%d,%d @@\n", ops[start].ai+1, na, ops[start].bi+1, nb)
-		for _, l := range ops[start:end] {
-			out.WriteByte(l.op)
-			out.WriteString(l.text)
-			out.WriteByte('\n')
-		}
-		k = end
-	}
-	return out.String()
+	return d
 }
 
+// splitLines splits s into lines that each end in a newline, as difflib
+// writes them. difflib.SplitLines would add an empty last line to a text that
+// ends in a newline.
 func splitLines(s string) []string {
 	if s == "" {
 		return nil
 	}
-	return strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	lines := strings.SplitAfter(s, "\n")
+	if last := len(lines) - 1; lines[last] == "" {
+		lines = lines[:last]
+	} else {
+		lines[last] += "\n"
+	}
+	return lines
 }

@@ -21,25 +21,32 @@ type Selector struct {
 	Fields fields.Selector
 }
 
-// ParseSelector parses kubectl's -l and --field-selector syntax.
+// ParseSelector parses kubectl's -l and --field-selector syntax with
+// apimachinery's own parsers, the ones --nodes label= uses too. Errors name
+// the flag and the text, with a hint.
 func ParseSelector(label, field string) (Selector, error) {
 	s := Selector{Labels: labels.Everything(), Fields: fields.Everything()}
 	if label != "" {
 		l, err := labels.Parse(label)
 		if err != nil {
-			return s, fmt.Errorf("label selector %q: %w", label, err)
+			return s, fmt.Errorf("-l %q: not a label selector: %w\n%s", label, err, labelSelectorHint)
 		}
 		s.Labels = l
 	}
 	if field != "" {
 		f, err := fields.ParseSelector(field)
 		if err != nil {
-			return s, fmt.Errorf("field selector %q: %w", field, err)
+			return s, fmt.Errorf("--field-selector %q: not a field selector: %w\n%s", field, err, fieldSelectorHint)
 		}
 		s.Fields = f
 	}
 	return s, nil
 }
+
+const (
+	labelSelectorHint = "hint: -l takes a label selector as kubectl does: KEY=VALUE, KEY!=VALUE, 'KEY in (A,B)', 'KEY notin (A,B)', KEY (has the label) or '!KEY', joined by commas (all must hold)"
+	fieldSelectorHint = "hint: --field-selector takes FIELD=VALUE or FIELD!=VALUE, joined by commas (all must hold), e.g. spec.nodeName=node-1"
+)
 
 // Empty reports whether the selector selects everything.
 func (s Selector) Empty() bool { return s.Labels.Empty() && s.Fields.Empty() }

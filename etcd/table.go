@@ -2,7 +2,8 @@ package etcd
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,7 +211,7 @@ func nodeRow(n *corev1.Node, age string, wide bool) []string {
 			roles = append(roles, r)
 		}
 	}
-	sort.Strings(roles)
+	slices.Sort(roles)
 	addr := ""
 	for _, a := range n.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP {
@@ -258,11 +259,7 @@ func mapString(m map[string]string) string {
 	if len(m) == 0 {
 		return "<none>"
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(m))
 	for i, k := range keys {
 		keys[i] = k + "=" + m[k]
 	}

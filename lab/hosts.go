@@ -6,7 +6,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+
+	"github.com/breakglass/breakglass/nodeops"
 )
 
 // Names shared by every lab on the machine; `lab down` finds leftovers by
@@ -165,7 +168,7 @@ func createHost(ctx context.Context, h Host, subnet netip.Prefix) error {
 	var script strings.Builder
 	fmt.Fprintf(&script, "set -e\nhostname %s\n", h.Name)
 	for _, m := range hostMounts {
-		fmt.Fprintf(&script, "mount --bind %s %s\n", shQuote(filepath.Join(h.Root, m)), m)
+		fmt.Fprintf(&script, "mount --bind %s %s\n", nodeops.ShellQuote(filepath.Join(h.Root, m)), m)
 	}
 	// Root's shell start-up files belong to the machine, not to the host:
 	// an SSH command on a lab host runs a plain shell, as on a fresh node
@@ -175,7 +178,7 @@ func createHost(ctx context.Context, h Host, subnet netip.Prefix) error {
 		return err
 	}
 	for _, f := range rootShellFiles {
-		fmt.Fprintf(&script, "if [ -f %[1]s ]; then mount --bind %[2]s %[1]s; fi\n", f, shQuote(rc))
+		fmt.Fprintf(&script, "if [ -f %[1]s ]; then mount --bind %[2]s %[1]s; fi\n", f, nodeops.ShellQuote(rc))
 	}
 	script.WriteString("mount --make-rshared /\n")
 	_, err := sh(ctx, "unshare", "--mount="+h.MountNS, "--uts="+h.UTSNS, "--propagation", "private", "sh", "-c", script.String())
@@ -200,14 +203,7 @@ func ensureMountPoint(dir string) error {
 	return err
 }
 
-func isMountPoint(path string) bool {
-	for _, m := range mountPoints() {
-		if m == path {
-			return true
-		}
-	}
-	return false
-}
+func isMountPoint(path string) bool { return slices.Contains(mountPoints(), path) }
 
 // mountPoints lists the machine's mount points (this process's namespace).
 func mountPoints() []string {
@@ -228,5 +224,3 @@ func mountPoints() []string {
 func unescapeMount(s string) string {
 	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
 }
-
-func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

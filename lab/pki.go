@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -147,7 +148,7 @@ func writeSAKeys(dir string) error {
 
 // kubeconfig renders a kubeconfig with embedded client certificate.
 func kubeconfig(server string, caPEM, certPEM, keyPEM []byte, user string) []byte {
-	b64 := func(b []byte) string { return base64Std(b) }
+	b64 := base64.StdEncoding.EncodeToString
 	return []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // State is what lab.json records: everything a test, a benchmark or an
@@ -124,11 +125,8 @@ func (s *State) Host(name string) (Host, bool) {
 func (s *State) HostsWithRole(role string) []Host {
 	var out []Host
 	for _, h := range s.Hosts {
-		for _, r := range h.Roles {
-			if r == role {
-				out = append(out, h)
-				break
-			}
+		if slices.Contains(h.Roles, role) {
+			out = append(out, h)
 		}
 	}
 	return out

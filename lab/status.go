@@ -3,10 +3,11 @@ package lab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -91,13 +92,8 @@ func sshBanner(addr string) string {
 // ComponentList renders the components of a host as "a b c" with the
 // stopped ones marked.
 func (h HostStatus) ComponentList() string {
-	names := make([]string, 0, len(h.Components))
-	for n := range h.Components {
-		names = append(names, n)
-	}
-	sort.Strings(names)
 	var parts []string
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(h.Components)) {
 		if h.Components[n] != "running" {
 			n += "(" + h.Components[n] + ")"
 		}

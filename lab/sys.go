@@ -3,12 +3,11 @@ package lab
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"sort"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -45,18 +44,10 @@ func shIn(ctx context.Context, h Host, argv ...string) (string, error) {
 }
 
 func writeFile(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(dirOf(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
 	return os.WriteFile(path, data, mode)
-}
-
-func dirOf(p string) string {
-	i := strings.LastIndex(p, "/")
-	if i <= 0 {
-		return "/"
-	}
-	return p[:i]
 }
 
 func requireTools(tools ...string) error {
@@ -89,7 +80,3 @@ func poll(ctx context.Context, interval, timeout time.Duration, cond func(contex
 }
 
 var errTimeout = errors.New("timed out")
-
-func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
-
-func sortStrings(s []string) { sort.Strings(s) }

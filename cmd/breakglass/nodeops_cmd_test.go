@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -354,7 +355,7 @@ func TestLabExecAndCheck(t *testing.T) {
 			t.Errorf("%v", l)
 		}
 		// Workers run containerd; the control plane need not.
-		if h := s.Hosts[i]; len(s.HostsWithRole("worker")) > 0 && contains(h.Roles, "worker") && l["containerd"] != "ok" {
+		if h := s.Hosts[i]; len(s.HostsWithRole("worker")) > 0 && slices.Contains(h.Roles, "worker") && l["containerd"] != "ok" {
 			t.Errorf("%s: containerd %v", h.Name, l["containerd"])
 		}
 	}

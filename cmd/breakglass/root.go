@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,7 +41,7 @@ safety check, 130 cancelled. See docs/exit-codes.md.`,
 				g.Inventory = env
 				g.InventoryExplicit = true
 			}
-			if !contains(outputFormats, g.Output) {
+			if !slices.Contains(outputFormats, g.Output) {
 				return usagef("--output %q: must be one of %s", g.Output, strings.Join(outputFormats, ", "))
 			}
 			if g.Concurrency < 1 {
@@ -75,19 +76,10 @@ safety check, 130 cancelled. See docs/exit-codes.md.`,
 // checkOutput returns a usage error if the global -o is not one the command
 // supports.
 func checkOutput(d *Deps, supported ...string) error {
-	if !contains(supported, d.Global.Output) {
+	if !slices.Contains(supported, d.Global.Output) {
 		return usagef("--output %s is not supported here: use one of %s", d.Global.Output, strings.Join(supported, ", "))
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // confirm asks the user to confirm a change unless --yes is set. Without a

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -62,7 +63,7 @@ func TestLabDownDryRun(t *testing.T) {
 
 	code, out, errOut = run(t, testDeps(), "lab", "down", "--dry-run", "--dir", dir, "-o", "json")
 	var w labDownPlanWire
-	if code != 0 || json.Unmarshal([]byte(out), &w) != nil || w.Type != "labDownPlan" || !w.DryRun || !contains(w.Remove, "dir "+dir) {
+	if code != 0 || json.Unmarshal([]byte(out), &w) != nil || w.Type != "labDownPlan" || !w.DryRun || !slices.Contains(w.Remove, "dir "+dir) {
 		t.Errorf("json: exit %d, %q (stderr %q)", code, out, errOut)
 	}
 	if _, err := os.Stat(marker); err != nil {

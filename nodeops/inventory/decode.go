@@ -1,10 +1,12 @@
 package inventory
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"reflect"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,7 +32,10 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // decodeStrict checks the YAML tree against the shape of out before decoding
 // it, so that an unknown key or a value of the wrong type is reported with
 // its file, line and key path, and records the line of every key for later
-// checks.
+// checks. yaml.v3's Decoder.KnownFields(true) is not enough: its errors give
+// the line but not the key path (nodes[2].adress), name Go types
+// ("field adress not found in type inventory.Node", "cannot unmarshal !!str
+// into int") and cannot suggest the key that was meant.
 func decodeStrict(path string, data []byte, out *Inventory) error {
 	out.lines = map[string]int{}
 	var doc yaml.Node
@@ -187,29 +192,20 @@ func describe(n *yaml.Node) string {
 	return fmt.Sprintf("%q", n.Value)
 }
 
-// suggest names the known keys, closest first, so a typo is easy to fix.
+// suggest names the closest known key, or else all of them, so that a typo
+// is easy to fix.
 func suggest(k string, fields map[string]reflect.StructField) string {
-	names := make([]string, 0, len(fields))
-	for name := range fields {
-		names = append(names, name)
+	names := slices.Sorted(maps.Keys(fields))
+	if len(names) == 0 {
+		return ""
 	}
-	sort.Slice(names, func(i, j int) bool {
-		di, dj := distance(k, names[i]), distance(k, names[j])
-		if di != dj {
-			return di < dj
-		}
-		return names[i] < names[j]
+	closest := slices.MinFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(distance(k, a), distance(k, b)), strings.Compare(a, b))
 	})
-	if len(names) > 0 && distance(k, names[0]) <= 2 {
-		return fmt.Sprintf(" (did you mean %q?)", names[0])
+	if distance(k, closest) <= 2 {
+		return fmt.Sprintf(" (did you mean %q?)", closest)
 	}
-	return fmt.Sprintf(" (known keys: %s)", strings.Join(sortedCopy(names), ", "))
-}
-
-func sortedCopy(s []string) []string {
-	c := append([]string(nil), s...)
-	sort.Strings(c)
-	return c
+	return fmt.Sprintf(" (known keys: %s)", strings.Join(names, ", "))
 }
 
 // distance is the Levenshtein distance, case-insensitive.

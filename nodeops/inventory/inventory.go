@@ -6,10 +6,11 @@ package inventory
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -94,14 +95,7 @@ type Node struct {
 type Duration struct{ time.Duration }
 
 // HasRole reports whether the node has the role.
-func (n Node) HasRole(role string) bool {
-	for _, r := range n.Roles {
-		if r == role {
-			return true
-		}
-	}
-	return false
-}
+func (n Node) HasRole(role string) bool { return slices.Contains(n.Roles, role) }
 
 // Empty returns the inventory used when there is no inventory file.
 func Empty() *Inventory {
@@ -341,12 +335,7 @@ func (inv *Inventory) Roles() []string {
 			set[r] = true
 		}
 	}
-	out := make([]string, 0, len(set))
-	for r := range set {
-		out = append(out, r)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(set))
 }
 
 // IsSet reports whether the file set key (a path such as "ssh.user"), as

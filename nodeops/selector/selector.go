@@ -1,7 +1,9 @@
 // Package selector resolves which nodes a command works on. Every command
 // shares its syntax: --nodes takes names, globs, role=ROLE and
-// label=KEY=VALUE (comma separated, repeatable, a union); --nodes-file reads
+// label=SELECTOR (comma separated, repeatable, a union); --nodes-file reads
 // the same terms one per line; --exclude removes nodes with the same terms.
+// SELECTOR is a label selector exactly as kubectl -l and breakglass get -l
+// take it (k8s.io/apimachinery/pkg/labels).
 // The nodes come from the inventory, completed from the cluster's Node
 // objects (read from etcd) when a nodeops.NodeSource is given.
 package selector
@@ -10,10 +12,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path"
-	"sort"
+	"slices"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/inventory"
@@ -29,8 +34,8 @@ type Options struct {
 // Term is one selection term.
 type Term struct {
 	Kind  TermKind
-	Value string // name, glob or role; label key for KindLabel
-	Label string // label value (KindLabel)
+	Value string // name, glob, role, or label selector (KindLabel)
+	sel   labels.Selector
 	raw   string
 }
 
@@ -47,12 +52,41 @@ const (
 
 func (t Term) String() string { return t.raw }
 
-// Parse splits a --nodes value into terms.
+// Parse splits a --nodes value into terms. Commas separate terms, and inside
+// a label selector they join requirements (AND), as in kubectl -l: after a
+// label= term, each piece that is a requirement (it holds '=' or '(', or
+// starts with '!') belongs to that selector, while a name, a glob or role=
+// starts a new term. So label=env=prod,tier!=db is one term,
+// label=zone=a,cp1 is two, and a bare KEY (label exists) must come first:
+// label=tier,env=prod.
 func Parse(s string) ([]Term, error) {
 	var out []Term
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
+	var label []string // the pieces of the label selector being read
+	flush := func() error {
+		if label == nil {
+			return nil
+		}
+		t, err := parseTerm(strings.Join(label, ","))
+		label = nil
+		if err != nil {
+			return err
+		}
+		out = append(out, t)
+		return nil
+	}
+	for _, f := range splitTerms(s) {
+		switch {
+		case f == "":
+			continue
+		case label != nil && isRequirement(f):
+			label = append(label, f)
+			continue
+		}
+		if err := flush(); err != nil {
+			return nil, err
+		}
+		if strings.HasPrefix(f, "label=") {
+			label = []string{f}
 			continue
 		}
 		t, err := parseTerm(f)
@@ -61,8 +95,42 @@ func Parse(s string) ([]Term, error) {
 		}
 		out = append(out, t)
 	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
+
+// splitTerms splits s at the commas outside parentheses, so that
+// "label=env in (prod,stage)" stays one piece, and trims each piece.
+func splitTerms(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	for i, c := range s {
+		switch c {
+		case '(':
+			depth++
+		case ')':
+			depth = max(depth-1, 0)
+		case ',':
+			if depth == 0 {
+				out = append(out, strings.TrimSpace(s[start:i]))
+				start = i + 1
+			}
+		}
+	}
+	return append(out, strings.TrimSpace(s[start:]))
+}
+
+// isRequirement reports whether a piece after label= continues the label
+// selector. No node name holds '=', '(' or a leading '!'; role= keeps its
+// meaning.
+func isRequirement(f string) bool {
+	return !strings.HasPrefix(f, "role=") && !strings.HasPrefix(f, "label=") &&
+		(strings.ContainsAny(f, "=(") || strings.HasPrefix(f, "!"))
+}
+
+const labelHint = "hint: label= takes a label selector as kubectl -l does: KEY=VALUE, KEY!=VALUE, 'KEY in (A,B)', 'KEY notin (A,B)', KEY (has the label) or '!KEY', joined by commas (all must hold)"
 
 func parseTerm(f string) (Term, error) {
 	t := Term{raw: f}
@@ -73,14 +141,17 @@ func parseTerm(f string) (Term, error) {
 			return t, fmt.Errorf("%q: want role=ROLE, e.g. role=control-plane", f)
 		}
 	case strings.HasPrefix(f, "label="):
-		kv := strings.TrimPrefix(f, "label=")
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return t, fmt.Errorf("%q: want label=KEY=VALUE, e.g. label=topology.kubernetes.io/zone=a", f)
+		text := strings.TrimPrefix(f, "label=")
+		if strings.TrimSpace(text) == "" {
+			return t, fmt.Errorf("%q: want label=SELECTOR, e.g. label=topology.kubernetes.io/zone=a\n%s", f, labelHint)
 		}
-		t.Kind, t.Value, t.Label = KindLabel, k, v
+		sel, err := labels.Parse(text)
+		if err != nil {
+			return t, fmt.Errorf("%q: not a label selector: %w\n%s", f, err, labelHint)
+		}
+		t.Kind, t.Value, t.sel = KindLabel, text, sel
 	case strings.Contains(f, "="):
-		return t, fmt.Errorf("%q: only role= and label= take a value; a name has no '='", f)
+		return t, fmt.Errorf("%q: only role= and label= take a value; a name has no '='\nhint: to match a label write label=%s", f, f)
 	case strings.ContainsAny(f, "*?["):
 		if _, err := path.Match(f, ""); err != nil {
 			return t, fmt.Errorf("%q: bad glob: %w", f, err)
@@ -103,8 +174,7 @@ func (t Term) Match(n nodeops.Target) bool {
 	case KindRole:
 		return n.HasRole(t.Value)
 	case KindLabel:
-		v, ok := n.Labels[t.Value]
-		return ok && v == t.Label
+		return t.sel.Matches(labels.Set(n.Labels))
 	}
 	return false
 }
@@ -116,7 +186,7 @@ func (t Term) Match(n nodeops.Target) bool {
 func Universe(ctx context.Context, inv *inventory.Inventory, src nodeops.NodeSource) (nodes []nodeops.Target, warnings []string, err error) {
 	for _, n := range inv.Nodes {
 		nodes = append(nodes, nodeops.Target{Name: n.Name, Address: n.Address, Port: n.Port, User: n.User,
-			Roles: append([]string(nil), n.Roles...), Labels: copyMap(n.Labels), Source: "inventory"})
+			Roles: slices.Clone(n.Roles), Labels: maps.Clone(n.Labels), Source: "inventory"})
 	}
 	if src == nil {
 		return nodes, nil, nil
@@ -129,7 +199,7 @@ func Universe(ctx context.Context, inv *inventory.Inventory, src nodeops.NodeSou
 	for i, n := range nodes {
 		byName[n.Name] = i
 	}
-	sort.Slice(cluster, func(i, j int) bool { return cluster[i].Name < cluster[j].Name })
+	slices.SortFunc(cluster, func(a, b nodeops.ClusterNode) int { return strings.Compare(a.Name, b.Name) })
 	for _, cn := range cluster {
 		if i, ok := byName[cn.Name]; ok {
 			n := &nodes[i]
@@ -157,8 +227,8 @@ func Universe(ctx context.Context, inv *inventory.Inventory, src nodeops.NodeSou
 			warnings = append(warnings, fmt.Sprintf("node %s (from etcd) has no InternalIP or Hostname address: left out", cn.Name))
 			continue
 		}
-		nodes = append(nodes, nodeops.Target{Name: cn.Name, Address: addr, Roles: append([]string(nil), cn.Roles...),
-			Labels: copyMap(cn.Labels), Source: "etcd"})
+		nodes = append(nodes, nodeops.Target{Name: cn.Name, Address: addr, Roles: slices.Clone(cn.Roles),
+			Labels: maps.Clone(cn.Labels), Source: "etcd"})
 	}
 	return nodes, warnings, nil
 }
@@ -207,7 +277,7 @@ func Select(universe []nodeops.Target, o Options) ([]nodeops.Target, error) {
 
 	var out []nodeops.Target
 	for _, t := range append(append([]Term(nil), include...), exclude...) {
-		if !matchesAny(t, all) {
+		if !slices.ContainsFunc(all, t.Match) {
 			return nil, noMatch(t, all)
 		}
 	}
@@ -238,15 +308,6 @@ func Select(universe []nodeops.Target, o Options) ([]nodeops.Target, error) {
 	return out, nil
 }
 
-func matchesAny(t Term, all []nodeops.Target) bool {
-	for _, n := range all {
-		if t.Match(n) {
-			return true
-		}
-	}
-	return false
-}
-
 func noMatch(t Term, all []nodeops.Target) error {
 	switch t.Kind {
 	case KindRole:
@@ -256,7 +317,7 @@ func noMatch(t Term, all []nodeops.Target) error {
 				roles[r] = true
 			}
 		}
-		return fmt.Errorf("%s matches no node (roles: %s)\nhint: breakglass nodes list shows each node's roles", t, strings.Join(sortedKeys(roles), ", "))
+		return fmt.Errorf("%s matches no node (roles: %s)\nhint: breakglass nodes list shows each node's roles", t, strings.Join(slices.Sorted(maps.Keys(roles)), ", "))
 	case KindLabel:
 		return fmt.Errorf("%s matches no node\nhint: breakglass nodes list -o wide shows each node's labels", t)
 	}
@@ -264,7 +325,8 @@ func noMatch(t Term, all []nodeops.Target) error {
 }
 
 // readNodesFile reads terms, one per line ('#' starts a comment). A line
-// "NAME ADDRESS" names a node that need not be in the inventory.
+// "NAME ADDRESS" names a node that need not be in the inventory. A label=
+// line is one selector, spaces and commas included.
 func readNodesFile(p string) ([]Term, []nodeops.Target, error) {
 	f, err := os.Open(p)
 	if err != nil {
@@ -282,6 +344,9 @@ func readNodesFile(p string) ([]Term, []nodeops.Target, error) {
 			s = s[:i]
 		}
 		fields := strings.Fields(s)
+		if s = strings.TrimSpace(s); strings.HasPrefix(s, "label=") {
+			fields = []string{s}
+		}
 		switch len(fields) {
 		case 0:
 			continue
@@ -297,31 +362,11 @@ func readNodesFile(p string) ([]Term, []nodeops.Target, error) {
 			}
 			defs = append(defs, nodeops.Target{Name: fields[0], Address: fields[1], Source: "nodes-file"})
 		default:
-			return nil, nil, fmt.Errorf("%s:%d: want a name, a glob, role=ROLE, label=KEY=VALUE or NAME ADDRESS", p, line)
+			return nil, nil, fmt.Errorf("%s:%d: want a name, a glob, role=ROLE, label=SELECTOR or NAME ADDRESS", p, line)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, nil, fmt.Errorf("--nodes-file: %w", err)
 	}
 	return terms, defs, nil
-}
-
-func copyMap(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	c := make(map[string]string, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

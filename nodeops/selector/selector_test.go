@@ -59,7 +59,8 @@ func TestSelect(t *testing.T) {
 		{nodes: []string{"cp3"}, err: "cp3 matches no node"},
 		{nodes: []string{"role=etcd"}, err: "roles: control-plane"},
 		{nodes: []string{"zone=a"}, err: "only role= and label="},
-		{nodes: []string{"label=zone"}, err: "want label=KEY=VALUE"},
+		{nodes: []string{"label=zone"}, want: "web-1,web-2"}, // has the label
+		{nodes: []string{"label=zone=a b"}, err: "not a label selector"},
 		{nodes: []string{"cp1"}, exclude: []string{"cp1"}, err: "matches no node"},
 	} {
 		got, err := Select(u, Options{Nodes: tc.nodes, Exclude: tc.exclude})
@@ -115,7 +116,7 @@ func TestUniverseFromCluster(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"a,b", "role=x", "label=k=v", "web-*", "[", ",,"} {
+	for _, s := range []string{"a,b", "role=x", "label=k=v", "web-*", "[", ",,", "label=a=b,c!=d,n1", "label=env in (prod,stage)", "label=!canary", "label=(", ")"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
