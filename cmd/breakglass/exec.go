@@ -52,7 +52,8 @@ one JSON object per node ("type":"nodeResult") as soon as that node ends
 "summary"; -o yaml prints the nodes in selection order at the end.
 
 Exit codes: 0 every node ok, 1 error, 2 usage, 3 some nodes not ok,
-4 not confirmed, 130 cancelled (every node is still reported).`,
+4 refused (not confirmed, or --accept-new-host-keys for addresses read
+from etcd), 130 cancelled (every node is still reported).`,
 		Example: `  breakglass exec -- uptime
   breakglass exec --nodes role=control-plane -- crictl ps
   breakglass exec --nodes 'web-*' --exclude web-3 -o json -- systemctl is-active kubelet`,

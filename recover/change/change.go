@@ -9,7 +9,6 @@ package change
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/breakglass/breakglass/recover/journal"
@@ -124,6 +123,3 @@ func (e *RefusedError) ExitCode() int { return 4 }
 
 // Refusedf returns a RefusedError.
 func Refusedf(format string, a ...any) error { return &RefusedError{fmt.Errorf(format, a...)} }
-
-// errNotConfirmed is returned by a Confirm that was answered no.
-var errNotConfirmed = errors.New("not confirmed")
