@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -52,16 +50,7 @@ func (r *promptReader) Read(p []byte) (int, error) {
 // runTTY runs the CLI as an operator at a terminal answering prompts.
 func (e *etcdEnv) runTTY(t *testing.T, in io.Reader, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	d := newDeps()
-	d.In, d.Out, d.ErrOut = in, &out, &errOut
-	d.InIsTTY, d.OutIsTTY, d.ErrIsTTY = true, false, false
-	ctx := context.Background()
-	root := newRootCmd(d)
-	root.SetArgs(append(append(args, e.flags...), extraJournal(args, e.journal)...))
-	err := root.ExecuteContext(ctx)
-	code = reportError(&errOut, err, ctx)
-	return out.String(), errOut.String(), code
+	return e.runIn(t, in, true, args...)
 }
 
 func (e *etcdEnv) putDeploy(t *testing.T, ns, name string, replicas int32) {

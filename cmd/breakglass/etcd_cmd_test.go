@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,13 +70,19 @@ func (e *etcdEnv) value(t *testing.T, key string) []byte {
 	return resp.Kvs[0].Value
 }
 
-// run runs the CLI in process against the embedded etcd.
+// run runs the CLI in process against the embedded etcd, with no terminal.
 func (e *etcdEnv) run(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return e.runIn(t, strings.NewReader(""), false, args...)
+}
+
+// runIn runs the CLI with in as stdin, a terminal or not.
+func (e *etcdEnv) runIn(t *testing.T, in io.Reader, tty bool, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	d := newDeps()
-	d.In, d.Out, d.ErrOut = strings.NewReader(""), &out, &errOut
-	d.InIsTTY, d.OutIsTTY, d.ErrIsTTY = false, false, false
+	d.In, d.Out, d.ErrOut = in, &out, &errOut
+	d.InIsTTY, d.OutIsTTY, d.ErrIsTTY = tty, false, false
 	ctx := context.Background()
 	root := newRootCmd(d)
 	root.SetArgs(append(append(args, e.flags...), extraJournal(args, e.journal)...))
