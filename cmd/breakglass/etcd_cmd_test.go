@@ -100,6 +100,26 @@ func extraJournal(args []string, path string) []string {
 	return nil
 }
 
+// changeLine returns the one "change" line of a write's -o json output. A
+// "replanned" line may come before it when a controller wrote the object
+// between the plan and its apply.
+func changeLine(t *testing.T, s string) map[string]any {
+	t.Helper()
+	var found map[string]any
+	for _, l := range jsonLines(t, s) {
+		if l["type"] == "change" {
+			if found != nil {
+				t.Fatalf("two change lines:\n%s", s)
+			}
+			found = l
+		}
+	}
+	if found == nil {
+		t.Fatalf("no change line:\n%s", s)
+	}
+	return found
+}
+
 func jsonLines(t *testing.T, s string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
@@ -252,7 +272,7 @@ func TestScaleUndoCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("scale: exit %d %s", code, errOut)
 	}
-	ch := jsonLines(t, out)[0]
+	ch := changeLine(t, out)
 	id := ch["id"].(string)
 	if ch["type"] != "change" || ch["summary"] != "replicas 3 -> 0" || id == "" {
 		t.Errorf("change: %v", ch)
@@ -283,7 +303,7 @@ func TestScaleUndoCommands(t *testing.T) {
 	// Scale again, then someone else changes the object: undo refuses
 	// (exit 4) unless --force.
 	out, _, _ = e.run(t, "scale", "deploy", "shop/web", "--replicas", "1", "--yes", "-o", "json")
-	id2 := jsonLines(t, out)[0]["id"].(string)
+	id2 := changeLine(t, out)["id"].(string)
 	other := int32(7)
 	e.put(t, "deployments", "shop", "web", &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}, Spec: appsv1.DeploymentSpec{Replicas: &other}}, gvkDeploy)
 	if _, errOut, code := e.run(t, "undo", id2, "--yes"); code != 4 || !strings.Contains(errOut, "changed since") {
@@ -304,7 +324,7 @@ func TestScaleUndoCommands(t *testing.T) {
 	if code != 0 || e.value(t, key) != nil {
 		t.Fatalf("delete: exit %d %s", code, errOut)
 	}
-	did := jsonLines(t, out)[0]["id"].(string)
+	did := changeLine(t, out)["id"].(string)
 	if _, errOut, code := e.run(t, "undo", did, "--yes"); code != 0 || !bytes.Equal(e.value(t, key), orig) {
 		t.Errorf("undo delete: exit %d %s", code, errOut)
 	}

@@ -280,7 +280,7 @@ spec:
 	if code != 0 {
 		t.Fatalf("scale: exit %d %s", code, errOut)
 	}
-	ch := jsonLines(t, out)[0]
+	ch := changeLine(t, out)
 	rev := fmt.Sprint(int64(ch["revision"].(float64)))
 
 	// The watch opened before the write sees it, with the write's revision.
@@ -369,7 +369,7 @@ func TestLabUndoDeleteExact(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("delete: exit %d %s", code, errOut)
 	}
-	id := jsonLines(t, out)[0]["id"].(string)
+	id := changeLine(t, out)["id"].(string)
 	waitFor(t, "the API server to see the delete", 30*time.Second, func() (bool, error) {
 		_, err := e.kube.CoreV1().ConfigMaps(e.ns).Get(context.Background(), "cm", metav1.GetOptions{})
 		return err != nil && strings.Contains(err.Error(), "not found"), err
