@@ -85,7 +85,7 @@ type ConflictError struct {
 
 func (e *ConflictError) Error() string {
 	if e.Retrying {
-		return fmt.Sprintf("%s changed between read and write (attempt %d): re-reading and re-applying", e.Key, e.Attempts)
+		return fmt.Sprintf("%s changed since it was planned (attempt %d): nothing written; planning again", e.Key, e.Attempts)
 	}
 	return fmt.Sprintf("%s changed under us %d times in a row: gave up\nhint: something keeps writing this object (a controller?); stop it or retry", e.Key, e.Attempts)
 }

@@ -164,15 +164,9 @@ func procName(pid int) string {
 // lab up or a lost lab.json. dir is the lab directory to remove.
 func Down(ctx context.Context, dir string, log io.Writer) error {
 	logf := func(format string, a ...any) { fmt.Fprintf(log, "lab: "+format+"\n", a...) }
-	if dir != "" {
-		abs, err := filepath.Abs(dir)
-		if err != nil {
-			return err
-		}
-		dir = abs
-		if s, err := LoadState(dir); err == nil && s.Dir != "" {
-			dir = s.Dir
-		}
+	dir, err := downDir(dir)
+	if err != nil {
+		return err
 	}
 	var problems []string
 

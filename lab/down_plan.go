@@ -73,8 +73,8 @@ func DownPlan(ctx context.Context, dir string) ([]string, error) {
 	return plan, nil
 }
 
-// downDir resolves the lab directory as Down does: absolute, or the one
-// lab.json in it names. Keep the two in step (Down has its own copy).
+// downDir resolves the lab directory for Down and DownPlan: absolute, or the
+// one lab.json in it names.
 func downDir(dir string) (string, error) {
 	if dir == "" {
 		return "", nil

@@ -111,7 +111,7 @@ func (ep *eventPrinter) print(ev change.Event) {
 		}
 		if ev.DryRun {
 			for _, it := range ev.Plan.Items {
-				ep.outcome(ev.Plan, it, "dry-run", "")
+				ep.outcome(ev.Plan, it, "dry-run")
 			}
 			ep.notes(d.Out, ev.Plan)
 			return
@@ -128,14 +128,10 @@ func (ep *eventPrinter) print(ev change.Event) {
 		ep.notes(d.ErrOut, ev.Plan)
 	case change.Unchanged:
 		for _, it := range ev.Plan.Unchanged {
-			ep.outcome(ev.Plan, it, "unchanged", "")
+			ep.outcome(ev.Plan, it, "unchanged")
 		}
 	case change.ItemApplied:
-		ep.outcome(ev.Plan, ev.Item, "applied", "")
-	case change.Applied:
-		if ep.p.Text() {
-			return
-		}
+		ep.outcome(ev.Plan, ev.Item, "applied")
 	}
 }
 
@@ -170,7 +166,7 @@ func (ep *eventPrinter) replanned(ev change.PlanReady) {
 
 // outcome prints one target's result: state is dry-run, unchanged or
 // applied.
-func (ep *eventPrinter) outcome(p *change.Plan, it *change.Item, state, _ string) {
+func (ep *eventPrinter) outcome(p *change.Plan, it *change.Item, state string) {
 	d := ep.d
 	w := changeWire{Type: "change", Op: p.Op, Kind: it.Kind, Resource: it.Target.Resource, Namespace: it.Target.Namespace,
 		Name: it.Target.Name, Key: it.Target.Key, Node: it.Target.Node, Path: it.Target.Path, Summary: it.Summary,

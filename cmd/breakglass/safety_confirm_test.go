@@ -11,9 +11,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	appsv1 "k8s.io/api/apps/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // promptWriter records what confirm prints and says when the question is
@@ -143,11 +140,7 @@ func TestBinaryCtrlCAtPrompt(t *testing.T) {
 		t.Skip("tmux not installed")
 	}
 	e := newEtcdEnv(t)
-	replicas := int32(3)
-	e.put(t, "deployments", "shop", "web", &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Generation: 2},
-		Spec:       appsv1.DeploymentSpec{Replicas: &replicas},
-	}, gvkDeploy)
+	e.putDeploy(t, "shop", "web", 3)
 	key := "/registry/deployments/shop/web"
 	orig := e.value(t, key)
 
