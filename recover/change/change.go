@@ -59,6 +59,32 @@ type Plan struct {
 	// Notes are facts the operator should know before confirming
 	// ("its finalizers will not run").
 	Notes []string
+	// Batch bounds how many items of a batch kind are applied at once
+	// (each batch finished before the next starts); 0 applies all at once.
+	Batch int
+	// Skipped are targets the plan could not cover (a node whose
+	// containerd did not answer), with why. The change goes ahead on the
+	// others, and Run then returns a *PartialError (exit 3).
+	Skipped []Skipped
+}
+
+// Skipped is a target left out of a plan.
+type Skipped struct {
+	Target string `json:"target"`
+	Reason string `json:"reason"`
+}
+
+// Targets counts the distinct targets of the plan's items and unchanged
+// items (nodes for node kinds, keys for etcd).
+func (p *Plan) Targets() int {
+	seen := map[journal.Target]bool{}
+	for _, it := range p.Items {
+		seen[it.Target] = true
+	}
+	for _, it := range p.Unchanged {
+		seen[it.Target] = true
+	}
+	return len(seen)
 }
 
 // Summary joins the items' summaries.
@@ -93,6 +119,47 @@ type Kind interface {
 	// (RefusedError) when the target changed since.
 	Undo(ctx context.Context, records []journal.Record, id string, force bool) ([]*Item, error)
 }
+
+// BatchKind is a Kind whose items are applied together: one item per
+// node, worked on many nodes at once through the fan-out. The engine hands
+// it every consecutive item of its kind in one call. It reports each item
+// as it ends through report (ItemStarted, ItemApplied, ItemFailed, and
+// Progress ticks), journals every item, and returns a *PartialError when
+// some items failed and others were applied. It never stops at the first
+// failed node.
+type BatchKind interface {
+	Kind
+	ApplyBatch(ctx context.Context, p *Plan, items []*Item, j *journal.Journal, report func(Event)) error
+}
+
+// ChangeOwner is a Kind that undoes whole changes of some ops, whatever
+// kinds their records are: a hold changes its owner in etcd and images on
+// nodes, and its undo resumes the owner rather than restoring its bytes.
+type ChangeOwner interface {
+	Kind
+	OwnsOp(op string) bool
+}
+
+// PartialError says that some items of a batch failed (their nodes are
+// named by their ItemFailed events) while the others were applied. It
+// exits 3, as a fan-out with failed nodes does.
+type PartialError struct {
+	Failed, Total int
+	// What names the change ("stop pods").
+	What string
+	// ReadOnly is set for a command that changes nothing (a listing).
+	ReadOnly bool
+}
+
+func (e *PartialError) Error() string {
+	if e.ReadOnly {
+		return fmt.Sprintf("%s: %d of %d nodes failed", e.What, e.Failed, e.Total)
+	}
+	return fmt.Sprintf("%s: %d of %d nodes failed or were left out (the others were changed; the journal has both)", e.What, e.Failed, e.Total)
+}
+
+// ExitCode makes a partial change exit with code 3.
+func (e *PartialError) ExitCode() int { return 3 }
 
 // StaleError says that a target moved between the plan the operator saw
 // and the apply: nothing was written.

@@ -64,6 +64,14 @@ const DryRunID = "<change-id>"
 // again (with --yes, applied as re-planned). It returns the plan that was
 // applied (or, with DryRun, that would be).
 func (e *Engine) Run(ctx context.Context, planner Planner) (*Plan, error) {
+	p, err := e.run(ctx, planner)
+	if err == nil && p != nil && len(p.Skipped) > 0 {
+		err = &PartialError{What: p.Op, Failed: len(p.Skipped), Total: len(p.Skipped) + p.Targets()}
+	}
+	return p, err
+}
+
+func (e *Engine) run(ctx context.Context, planner Planner) (*Plan, error) {
 	id := DryRunID
 	if !e.DryRun {
 		id = e.NewID()
@@ -121,15 +129,32 @@ func (e *Engine) Run(ctx context.Context, planner Planner) (*Plan, error) {
 	}
 }
 
-// apply applies every item in order; it stops at the first failure.
+// apply applies every item in order; it stops at the first failure. The
+// consecutive items of a BatchKind are applied in one batch, which runs
+// all of them even when some fail.
 func (e *Engine) apply(ctx context.Context, p *Plan, j *journal.Journal, attempt int) (*StaleError, error) {
-	for _, it := range p.Items {
+	for i := 0; i < len(p.Items); i++ {
+		it := p.Items[i]
 		if it.Attempt == 0 {
 			it.Attempt = attempt
 		}
 		k, ok := e.kinds[it.Kind]
 		if !ok {
 			return nil, fmt.Errorf("internal: no kind %q registered (have %v)", it.Kind, e.Kinds())
+		}
+		if bk, ok := k.(BatchKind); ok {
+			end := i + 1
+			for end < len(p.Items) && p.Items[end].Kind == it.Kind {
+				if p.Items[end].Attempt == 0 {
+					p.Items[end].Attempt = attempt
+				}
+				end++
+			}
+			if err := bk.ApplyBatch(ctx, p, p.Items[i:end], j, e.emit); err != nil {
+				return nil, err
+			}
+			i = end - 1
+			continue
 		}
 		e.emit(ItemStarted{Plan: p, Item: it})
 		err := k.Apply(ctx, p, it, j)
@@ -166,16 +191,41 @@ func (e *Engine) Undo(ctx context.Context, records []journal.Record, id string, 
 	if len(recs) == 0 {
 		return nil, fmt.Errorf("change %s: not in the journal\nhint: check the ID (each change prints it) and --journal", id)
 	}
-	kind := recs[0].Kind
-	k, ok := e.kinds[kind]
-	if !ok {
-		return nil, fmt.Errorf("change %s: a %s change, and this command cannot undo that kind (it knows %v)", id, kind, e.Kinds())
+	// A change may hold items of several kinds (a hold changes its owner
+	// in etcd, then images on nodes): each kind plans the undo of its own
+	// items, and the kinds are undone in the reverse of the order they
+	// were applied in.
+	var kinds []Kind
+	seen := map[string]bool{}
+	for _, name := range e.Kinds() {
+		if o, ok := e.kinds[name].(ChangeOwner); ok && o.OwnsOp(recs[0].Op) {
+			kinds = []Kind{o}
+			break
+		}
+	}
+	for _, r := range recs {
+		if kinds != nil && len(seen) == 0 {
+			break // an owner undoes the whole change
+		}
+		if seen[r.Kind] {
+			continue
+		}
+		seen[r.Kind] = true
+		k, ok := e.kinds[r.Kind]
+		if !ok {
+			return nil, fmt.Errorf("change %s: a %s change, and this command cannot undo that kind (it knows %v)", id, r.Kind, e.Kinds())
+		}
+		kinds = append(kinds, k)
 	}
 	op := recs[0].Op
 	return e.Run(ctx, func(ctx context.Context, newID string) (*Plan, error) {
-		items, err := k.Undo(ctx, records, id, force)
-		if err != nil {
-			return nil, err
+		var items []*Item
+		for i := len(kinds) - 1; i >= 0; i-- {
+			its, err := kinds[i].Undo(ctx, records, id, force)
+			if err != nil {
+				return nil, err
+			}
+			items = append(items, its...)
 		}
 		return &Plan{ID: newID, Op: "undo", Title: fmt.Sprintf("undo change %s (%s)", id, op), Items: items}, nil
 	})

@@ -68,12 +68,16 @@ func Applied(records []Record, id string) (intent, outcome *Record, err error) {
 	if len(recs) == 0 {
 		return nil, nil, fmt.Errorf("change %s: not in the journal\nhint: check the ID (each write prints it; the journal is JSON lines, one per intent and outcome) and --journal", id)
 	}
+	// A change may also hold node records (a hold changes its owner in
+	// etcd and images on nodes): only its etcd records are read here.
 	var last *Record
+	etcdRecords := 0
 	for i := range recs {
 		r := &recs[i]
 		if r.Kind != KindEtcd {
-			return nil, nil, fmt.Errorf("change %s: a %s change, not an etcd one: undo it with its own command", id, r.Kind)
+			continue
 		}
+		etcdRecords++
 		if r.Type == TypeIntent {
 			last = r
 			continue
@@ -84,6 +88,9 @@ func Applied(records []Record, id string) (intent, outcome *Record, err error) {
 		if r.Status == StatusUnknown {
 			return nil, nil, fmt.Errorf("change %s: its outcome is unknown (%s)\nhint: compare the object with the journal by hand (breakglass get -o yaml)", id, r.Error)
 		}
+	}
+	if etcdRecords == 0 {
+		return nil, nil, fmt.Errorf("change %s: a %s change, not an etcd one: undo it with its own command", id, recs[0].Kind)
 	}
 	return nil, nil, fmt.Errorf("change %s: was never applied: nothing to undo", id)
 }
