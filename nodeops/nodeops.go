@@ -27,6 +27,9 @@ type Target struct {
 	User   string
 	Roles  []string
 	Labels map[string]string
+	// ContainerdSocket is containerd's socket on the node ("" means the
+	// inventory's default).
+	ContainerdSocket string
 	// Source says where the node came from: "inventory", "etcd",
 	// "inventory+etcd" or "nodes-file".
 	Source string

@@ -21,7 +21,7 @@ func TestUnknownKeyInEverySection(t *testing.T) {
 		{"ssh:\n  user: root\n  idenityFiles: []\n", "ssh.idenityFiles", `did you mean "identityFiles"?`, 3},
 		{"etcd:\n  endpoint: [https://a:2379]\n", "etcd.endpoint", `did you mean "endpoints"?`, 2},
 		{"apiserver:\n  manifests: /x\n", "apiserver.manifests", `did you mean "manifest"?`, 2},
-		{"nodes:\n  - name: a\n    address: b\n  - name: c\n    addr: d\n", "nodes[1].addr", "known keys: address, labels, name, port, roles, user", 5},
+		{"nodes:\n  - name: a\n    address: b\n  - name: c\n    addr: d\n", "nodes[1].addr", "known keys: address, containerdSocket, labels, name, port, roles, user", 5},
 		{"ssh: {user: root, colour: blue}\n", "ssh.colour", "known keys: agent, config, connectTimeout", 1},
 	} {
 		_, err := Parse(path, []byte(tc.yaml))

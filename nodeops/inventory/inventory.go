@@ -25,7 +25,9 @@ type Inventory struct {
 	SSH       SSH       `yaml:"ssh"`
 	Etcd      Etcd      `yaml:"etcd"`
 	APIServer APIServer `yaml:"apiserver"`
-	Nodes     []Node    `yaml:"nodes"`
+	// Containerd says where each node's containerd listens.
+	Containerd Containerd `yaml:"containerd"`
+	Nodes      []Node     `yaml:"nodes"`
 
 	// lines maps a key path such as "nodes[2].address" to its line, for
 	// errors found after parsing.
@@ -80,6 +82,16 @@ type APIServer struct {
 	Deployment string `yaml:"deployment"`
 }
 
+// Containerd says how nodes' containerd is reached.
+type Containerd struct {
+	// Socket is containerd's socket on every node (default
+	// /run/containerd/containerd.sock); a node's containerdSocket wins.
+	Socket string `yaml:"socket"`
+	// Via is how the socket is reached over SSH: "auto" (a forwarded
+	// unix socket, then a relay under sudo -n), "forward" or "sudo".
+	Via string `yaml:"via"`
+}
+
 // Node is one machine breakglass may reach over SSH.
 type Node struct {
 	Name    string            `yaml:"name"`
@@ -89,6 +101,8 @@ type Node struct {
 	// User and Port override the ssh section for this node.
 	User string `yaml:"user"`
 	Port int    `yaml:"port"`
+	// ContainerdSocket overrides containerd.socket for this node.
+	ContainerdSocket string `yaml:"containerdSocket"`
 }
 
 // Duration is a time.Duration written as "5s" in YAML.
@@ -142,6 +156,12 @@ func (inv *Inventory) applyDefaults() {
 	}
 	if inv.SSH.Sudo == "" {
 		inv.SSH.Sudo = "auto"
+	}
+	if inv.Containerd.Socket == "" {
+		inv.Containerd.Socket = "/run/containerd/containerd.sock"
+	}
+	if inv.Containerd.Via == "" {
+		inv.Containerd.Via = "auto"
 	}
 	if inv.SSH.ConnectTimeout.Duration == 0 {
 		inv.SSH.ConnectTimeout.Duration = 10 * time.Second
@@ -269,6 +289,14 @@ func (inv *Inventory) validate() error {
 			return inv.errorAt(fmt.Sprintf("etcd.endpoints[%d]", i), "%q: want a URL such as https://10.0.0.2:2379", ep)
 		}
 	}
+	switch inv.Containerd.Via {
+	case "auto", "forward", "sudo":
+	default:
+		return inv.errorAt("containerd.via", "%q: must be auto, forward or sudo", inv.Containerd.Via)
+	}
+	if !strings.HasPrefix(inv.Containerd.Socket, "/") {
+		return inv.errorAt("containerd.socket", "%q: want an absolute path such as /run/containerd/containerd.sock", inv.Containerd.Socket)
+	}
 	if d := inv.APIServer.Deployment; d != "" && strings.Count(d, "/") != 1 {
 		return inv.errorAt("apiserver.deployment", "%q: want NAMESPACE/NAME", d)
 	}
@@ -290,6 +318,9 @@ func (inv *Inventory) validate() error {
 		}
 		if n.Port != 0 && (n.Port < 1 || n.Port > 65535) {
 			return inv.errorAt(key+".port", "%d: must be between 1 and 65535", n.Port)
+		}
+		if s := n.ContainerdSocket; s != "" && !strings.HasPrefix(s, "/") {
+			return inv.errorAt(key+".containerdSocket", "%q: want an absolute path", s)
 		}
 	}
 	if t := inv.Etcd.Tunnel; t != "" {

@@ -186,7 +186,7 @@ func (t Term) Match(n nodeops.Target) bool {
 func Universe(ctx context.Context, inv *inventory.Inventory, src nodeops.NodeSource) (nodes []nodeops.Target, warnings []string, err error) {
 	for _, n := range inv.Nodes {
 		nodes = append(nodes, nodeops.Target{Name: n.Name, Address: n.Address, Port: n.Port, User: n.User,
-			Roles: slices.Clone(n.Roles), Labels: maps.Clone(n.Labels), Source: "inventory"})
+			Roles: slices.Clone(n.Roles), Labels: maps.Clone(n.Labels), ContainerdSocket: n.ContainerdSocket, Source: "inventory"})
 	}
 	if src == nil {
 		return nodes, nil, nil
