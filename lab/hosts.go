@@ -180,6 +180,13 @@ func createHost(ctx context.Context, h Host, subnet netip.Prefix) error {
 	for _, f := range rootShellFiles {
 		fmt.Fprintf(&script, "if [ -f %[1]s ]; then mount --bind %[2]s %[1]s; fi\n", f, nodeops.ShellQuote(rc))
 	}
+	// The host resolves its own name, as a node does: sudo looks it up,
+	// and with no DNS in the lab it would wait 20 s for each lookup.
+	hosts := filepath.Join(h.Root, "etc-hosts")
+	if err := os.WriteFile(hosts, []byte(fmt.Sprintf("127.0.0.1 localhost\n::1 localhost\n%s %s\n", h.Address, h.Name)), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(&script, "mount --bind %s /etc/hosts\n", nodeops.ShellQuote(hosts))
 	script.WriteString("mount --make-rshared /\n")
 	_, err := sh(ctx, "unshare", "--mount="+h.MountNS, "--uts="+h.UTSNS, "--propagation", "private", "sh", "-c", script.String())
 	return err

@@ -23,6 +23,9 @@ var imageSources embed.FS
 const (
 	PauseImage     = "breakglass.lab/pause:3.10"
 	TelemetryImage = "breakglass.lab/telemetry:1.0"
+	// TelemetryExe is the telemetry agent's executable (/telemetry in its
+	// image): what runs on a node when the agent runs.
+	TelemetryExe = "telemetry"
 )
 
 type labImage struct {

@@ -73,7 +73,9 @@ func setupSSHD(h Host, operator ssh.PublicKey) (knownHosts []string, err error) 
 		knownHosts = append(knownHosts, fmt.Sprintf("%s %s", h.Address, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))))
 	}
 	auth := filepath.Join(dir, "authorized_keys")
-	if err := writeFile(auth, ssh.MarshalAuthorizedKey(operator), 0o600); err != nil {
+	// Public keys only; readable by every user sshd lets in (it reads the
+	// file as the user), so that tests can log in as a non-root user.
+	if err := writeFile(auth, ssh.MarshalAuthorizedKey(operator), 0o644); err != nil {
 		return nil, err
 	}
 	cfg := fmt.Sprintf(`# sshd of lab host %s, written by breakglass lab up

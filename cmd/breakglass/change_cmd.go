@@ -9,6 +9,7 @@ import (
 
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 // changeWire is the JSON output of a change (type "change"): one line per
@@ -56,6 +57,14 @@ func (d *Deps) changeEngine(ctx context.Context) (*change.Engine, *change.Etcd, 
 		return nil, nil, nil, err
 	}
 	k := &change.Etcd{Store: s}
+	e, stream := d.newEngine()
+	e.Register(k)
+	return e, k, stream, nil
+}
+
+// newEngine returns an engine with no kinds registered, printing its
+// events through a stream.
+func (d *Deps) newEngine() (*change.Engine, *change.Stream) {
 	ep := &eventPrinter{d: d, p: newPrinter(d.Out, d.Global.Output)}
 	stream := change.NewStream(256, ep.print)
 	emit := stream.Emit
@@ -73,11 +82,19 @@ func (d *Deps) changeEngine(ctx context.Context) (*change.Engine, *change.Etcd, 
 			// The plan's diff is printed by the stream: let it finish
 			// before the question.
 			stream.Flush()
-			return confirm(ctx, d, fmt.Sprintf("%s (%s)?", p.Title, p.Summary()))
+			return confirm(ctx, d, fmt.Sprintf("%s (%s)?", p.Title, shortSummary(p)))
 		}
 	}
-	e.Register(k)
-	return e, k, stream, nil
+	return e, stream
+}
+
+// shortSummary is the plan's summary for the question: every item's for a
+// few items, a count for many (the diff above lists them all).
+func shortSummary(p *change.Plan) string {
+	if len(p.Items) <= 3 {
+		return p.Summary()
+	}
+	return fmt.Sprintf("%d changes, listed above", len(p.Items))
 }
 
 // testEventTap, when a test sets it, sees every event the engine emits.
@@ -109,6 +126,7 @@ func (ep *eventPrinter) print(ev change.Event) {
 			ep.replanned(ev)
 			return
 		}
+		ep.skipped(ev.Plan)
 		if ev.DryRun {
 			for _, it := range ev.Plan.Items {
 				ep.outcome(ev.Plan, it, "dry-run")
@@ -132,7 +150,80 @@ func (ep *eventPrinter) print(ev change.Event) {
 		}
 	case change.ItemApplied:
 		ep.outcome(ev.Plan, ev.Item, "applied")
+	case change.ItemFailed:
+		ep.failed(ev.Plan, ev.Item, ev.Err)
+	case change.Applied:
+		ep.applied(ev.Plan)
 	}
+}
+
+// skippedWire is a target a plan left out (type "skipped"): a node whose
+// containerd did not answer, say.
+type skippedWire struct {
+	Type   string `json:"type"`
+	Op     string `json:"op"`
+	Target string `json:"target"`
+	Reason string `json:"reason"`
+}
+
+// skipped reports the targets a plan left out: the change goes ahead
+// without them and exits 3.
+func (ep *eventPrinter) skipped(p *change.Plan) {
+	for _, s := range p.Skipped {
+		if !ep.p.Text() {
+			ep.p.Object(skippedWire{Type: "skipped", Op: p.Op, Target: s.Target, Reason: s.Reason})
+			continue
+		}
+		fmt.Fprintf(ep.d.ErrOut, "%s: left out: %s\n", s.Target, s.Reason)
+	}
+}
+
+// failedWire is a target a change failed on (type "changeFailed").
+type failedWire struct {
+	Type  string `json:"type"`
+	ID    string `json:"id"`
+	Op    string `json:"op"`
+	Kind  string `json:"kind"`
+	Node  string `json:"node,omitempty"`
+	Key   string `json:"key,omitempty"`
+	Error string `json:"error"`
+}
+
+// failed reports a target a change failed on. Only node kinds report
+// here: an etcd failure ends the change and is the command's error.
+func (ep *eventPrinter) failed(p *change.Plan, it *change.Item, err error) {
+	if it.Kind == change.KindEtcd {
+		return
+	}
+	if !ep.p.Text() {
+		ep.p.Object(failedWire{Type: "changeFailed", ID: p.ID, Op: p.Op, Kind: it.Kind, Node: it.Target.Node, Key: it.Target.Key, Error: err.Error()})
+		return
+	}
+	fmt.Fprintf(ep.d.ErrOut, "%s: failed: %v\n", it.Target.Node, err)
+}
+
+// applied closes a change on nodes with its ID and how to undo it (an etcd
+// item prints both on its own line).
+func (ep *eventPrinter) applied(p *change.Plan) {
+	if !ep.p.Text() {
+		return
+	}
+	for _, it := range p.Items {
+		if it.Kind != change.KindEtcd {
+			fmt.Fprintf(ep.d.Out, "change %s: %d node%s (journal %s; %s)\n", p.ID, nodeItems(p), plural(nodeItems(p)), ep.d.journalPath(), undoHint(p))
+			return
+		}
+	}
+}
+
+func nodeItems(p *change.Plan) int {
+	n := 0
+	for _, it := range p.Items {
+		if it.Kind != change.KindEtcd {
+			n++
+		}
+	}
+	return n
 }
 
 func (ep *eventPrinter) notes(w io.Writer, p *change.Plan) {
@@ -190,7 +281,17 @@ func (ep *eventPrinter) outcome(p *change.Plan, it *change.Item, state string) {
 	}
 	what := it.Target.Resource + " " + ref(it.Target.Namespace, it.Target.Name)
 	if it.Kind != change.KindEtcd {
-		what = it.Target.Node + " " + it.Target.Path
+		// A node item's summary starts with its node.
+		switch state {
+		case "dry-run":
+			fmt.Fprintf(d.Out, "%s (dry run, nothing changed)\n", it.Summary)
+			fmt.Fprint(d.Out, it.Diff)
+		case "applied":
+			fmt.Fprintf(d.Out, "%s: done: %s\n", it.Summary, it.Result)
+		default:
+			fmt.Fprintf(d.Out, "%s: unchanged\n", it.Summary)
+		}
+		return
 	}
 	switch state {
 	case "unchanged":
@@ -199,7 +300,7 @@ func (ep *eventPrinter) outcome(p *change.Plan, it *change.Item, state string) {
 		fmt.Fprintf(d.Out, "%s: %s (dry run, nothing written)\n", what, it.Summary)
 		fmt.Fprint(d.Out, it.Diff)
 	default:
-		fmt.Fprintf(d.Out, "%s: %s\nchange %s at revision %s (undo: breakglass undo %s)\n", what, it.Summary, p.ID, it.Result, p.ID)
+		fmt.Fprintf(d.Out, "%s: %s\nchange %s at revision %s (%s)\n", what, it.Summary, p.ID, it.Result, undoHint(p))
 		if it.Attempt > 1 {
 			fmt.Fprintf(d.ErrOut, "note: the object changed after it was planned; applied as planned again (plan %d)\n", it.Attempt)
 		}
@@ -211,4 +312,17 @@ func ref(ns, name string) string {
 		return name
 	}
 	return ns + "/" + name
+}
+
+// undoHint says how the change p is undone.
+func undoHint(p *change.Plan) string {
+	switch p.Op {
+	case steps.OpPodsStop:
+		return "nothing to undo: kubelet starts stopped pods again; breakglass pods hold keeps them stopped"
+	case steps.OpPodsHold:
+		return "lift: breakglass pods hold lift " + p.ID
+	case steps.OpPodsLift:
+		return "hold again with breakglass pods hold"
+	}
+	return "undo: breakglass undo " + p.ID
 }

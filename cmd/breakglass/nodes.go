@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -10,6 +12,8 @@ import (
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
+	"github.com/breakglass/breakglass/nodeops/pods"
+	"github.com/breakglass/breakglass/nodeops/sshclient"
 )
 
 func init() { register(newCmdNodes) }
@@ -147,10 +151,10 @@ from etcd), 130 cancelled.`,
 	return cmd
 }
 
-// checkScript probes sudo, containerd and nft. It runs as the SSH user and
-// uses sudo -n itself, so that it can report sudo separately.
+// checkScript probes sudo, containerd (at the socket SOCK names) and nft.
+// It runs as the SSH user and uses sudo -n itself, so that it can report
+// sudo separately.
 const checkScript = `S=""; if [ "$(id -u)" != 0 ]; then S="sudo -n"; if sudo -n true 2>/dev/null; then echo sudo=ok; else echo sudo=fail; S=""; fi; else echo sudo=root; fi
-SOCK=/run/containerd/containerd.sock
 if $S test -S $SOCK; then
   if command -v ctr >/dev/null 2>&1; then if $S ctr --address $SOCK --timeout 5s version >/dev/null 2>&1; then echo containerd=ok; else echo containerd=unresponsive; fi
   else echo containerd=socket; fi
@@ -172,9 +176,13 @@ type checkWire struct {
 	Auth       string `json:"auth"`
 	Sudo       string `json:"sudo"`
 	Containerd string `json:"containerd"`
-	Nft        string `json:"nft"`
-	DurationMS int64  `json:"durationMs"`
-	Error      string `json:"error,omitempty"`
+	// ContainerdVia is how breakglass reaches containerd's socket from
+	// here: "forward" (a forwarded unix socket), "sudo" (the relay under
+	// sudo -n), "none" (neither: see error) or "-" (not tried).
+	ContainerdVia string `json:"containerdVia"`
+	Nft           string `json:"nft"`
+	DurationMS    int64  `json:"durationMs"`
+	Error         string `json:"error,omitempty"`
 }
 
 func runNodesCheck(ctx context.Context, d *Deps, opts *nodesCheckOptions) error {
@@ -188,13 +196,25 @@ func runNodesCheck(ctx context.Context, d *Deps, opts *nodesCheckOptions) error 
 	}
 	defer r.Close()
 	bar := startProgress(d, "check", len(nodes))
-	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: checkScript, NoSudo: true}, fanoutOptions(d, &opts.ssh, bar.onEvent()))
+	inv, err := d.Inventory()
+	if err != nil {
+		return err
+	}
+	script := "SOCK=" + nodeops.ShellQuote(inv.Containerd.Socket) + "\n" + checkScript
+	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: script, NoSudo: true}, fanoutOptions(d, &opts.ssh, bar.onEvent()))
 	bar.clear()
 	checks := make([]checkWire, len(results))
-	failed := 0
 	for i, res := range results {
 		checks[i] = checkOf(res)
-		if !checks[i].OK {
+	}
+	if cl, ok := r.(*sshclient.Client); ok {
+		if err := probeContainerd(ctx, d, cl, nodes, checks, fanoutOptions(d, &opts.ssh, nil)); err != nil {
+			return err
+		}
+	}
+	failed := 0
+	for _, c := range checks {
+		if !c.OK {
 			failed++
 		}
 	}
@@ -206,14 +226,14 @@ func runNodesCheck(ctx context.Context, d *Deps, opts *nodesCheckOptions) error 
 			}
 		}
 	} else {
-		header := []string{"NODE", "REACHABLE", "HOST KEY", "AUTH", "SUDO", "CONTAINERD", "NFT", "PROBLEM"}
+		header := []string{"NODE", "REACHABLE", "HOST KEY", "AUTH", "SUDO", "CONTAINERD", "VIA", "NFT", "PROBLEM"}
 		var rows [][]string
 		for _, c := range checks {
 			problem := c.Error
 			if i := strings.IndexByte(problem, '\n'); i >= 0 {
 				problem = problem[:i]
 			}
-			rows = append(rows, []string{c.Node, c.Reachable, c.HostKey, c.Auth, c.Sudo, c.Containerd, c.Nft, dash(problem)})
+			rows = append(rows, []string{c.Node, c.Reachable, c.HostKey, c.Auth, c.Sudo, c.Containerd, c.ContainerdVia, c.Nft, dash(problem)})
 		}
 		if err := p.Table(header, rows); err != nil {
 			return err
@@ -244,7 +264,7 @@ func checkSummary(s fanout.Summary, failed int) fanout.Summary {
 
 func checkOf(r fanout.Result) checkWire {
 	c := checkWire{Type: "nodeCheck", Node: r.Target.Name, Address: r.Target.Address, DurationMS: ms(r.Duration),
-		Reachable: "-", HostKey: "-", Auth: "-", Sudo: "-", Containerd: "-", Nft: "-"}
+		Reachable: "-", HostKey: "-", Auth: "-", Sudo: "-", Containerd: "-", ContainerdVia: "-", Nft: "-"}
 	if r.Err != nil {
 		c.Error = r.Err.Error()
 	}
@@ -294,4 +314,57 @@ func checkOf(r fanout.Result) checkWire {
 		c.Error = strings.Join(bad, ", ")
 	}
 	return c
+}
+
+// probeContainerd tries, on every node whose containerd socket is there,
+// the paths breakglass reaches it by (pods commands): a forwarded unix
+// socket, then the relay under sudo -n, each up to a CRI Version call.
+func probeContainerd(ctx context.Context, d *Deps, cl *sshclient.Client, nodes []nodeops.Target, checks []checkWire, fo fanout.Options) error {
+	inv, err := d.Inventory()
+	if err != nil {
+		return err
+	}
+	var probe []nodeops.Target
+	var idx []int
+	for i, c := range checks {
+		if c.Containerd == "ok" || c.Containerd == "socket" || c.Containerd == "unresponsive" {
+			probe = append(probe, nodes[i])
+			idx = append(idx, i)
+		}
+	}
+	opts := fanout.OptionsOf[string]{Concurrency: fo.Concurrency, Timeout: fo.Timeout, Retries: fo.Retries}
+	results := fanout.RunOf(ctx, probe, opts, func(ctx context.Context, t nodeops.Target) (string, error) {
+		sock := inv.Containerd.Socket
+		if t.ContainerdSocket != "" {
+			sock = t.ContainerdSocket
+		}
+		var errs []string
+		for _, via := range []sshclient.UnixVia{sshclient.UnixForward, sshclient.UnixSudo} {
+			n, err := pods.Connect(ctx, t.Name, func(ctx context.Context) (net.Conn, error) { return cl.DialUnix(ctx, t, sock, via) })
+			if err == nil {
+				_, err = n.Version(ctx)
+				n.Close()
+			}
+			if err == nil {
+				return string(via), nil
+			}
+			errs = append(errs, fmt.Sprintf("%s: %s", via, firstLineOf(err.Error())))
+		}
+		return "none", errors.New(strings.Join(errs, "; "))
+	})
+	for j, r := range results {
+		c := &checks[idx[j]]
+		c.ContainerdVia = r.Output
+		if r.Output == "" {
+			c.ContainerdVia = "none"
+		}
+		if r.Err != nil {
+			if c.Error != "" {
+				c.Error += "; "
+			}
+			c.Error += "containerd not reachable by breakglass (" + r.Err.Error() + ")"
+			c.OK = false
+		}
+	}
+	return nil
 }

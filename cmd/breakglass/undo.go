@@ -2,16 +2,20 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/breakglass/breakglass/recover/journal"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 func init() { register(func(d *Deps) *cobra.Command { return newCmdUndo(d, nil) }) }
 
 type undoOptions struct {
 	ID    string
+	pods  podsOptions
 	Force bool
 }
 
@@ -19,7 +23,7 @@ func newCmdUndo(d *Deps, runF func(*undoOptions) error) *cobra.Command {
 	o := &undoOptions{}
 	cmd := &cobra.Command{
 		Use:   "undo CHANGE-ID",
-		Short: "Put back the exact value an etcd change replaced",
+		Short: "Undo a change from the journal: etcd values put back exactly, pod holds lifted",
 		Long: `Undo reads the change from the journal and restores, byte for byte, the value
 it replaced: it recreates a deleted object, deletes a created one, and puts
 back the previous bytes of an updated one. It refuses if the object changed
@@ -27,7 +31,13 @@ since the change (a controller updated its status, someone edited it), unless
 --force. The undo is itself a journaled compare-and-swap write, and can be
 undone in turn.
 
-Exit codes: 0 ok, 1 error, 2 usage, 4 refused, 130 cancelled.`,
+A "pods hold" change is undone by lifting it (as "breakglass pods hold lift
+CHANGE-ID" does, all nodes at once): the node flags say how to reach the
+nodes. A "pods stop" change has nothing to put back: kubelet starts stopped
+pods again by itself.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 some nodes failed, 4 refused, 130
+cancelled.`,
 		Example: `  breakglass undo 20250301T101500-3fa2c1 --dry-run
   breakglass undo 20250301T101500-3fa2c1 --yes
   breakglass undo 20250301T101500-3fa2c1 --force --journal ./incident.jsonl`,
@@ -44,6 +54,9 @@ Exit codes: 0 ok, 1 error, 2 usage, 4 refused, 130 cancelled.`,
 		},
 	}
 	cmd.Flags().BoolVar(&o.Force, "force", false, "restore even if the object changed since the change")
+	addNodeFlags(cmd, &o.pods.nodes)
+	addSSHFlags(cmd, &o.pods.ssh)
+	cmd.Flags().StringVar(&o.pods.via, "via", "", "for a pods change: how to reach containerd's socket (auto, forward or sudo)")
 	addEtcdFlags(cmd, d)
 	addJournalFlag(cmd, d)
 	return cmd
@@ -54,6 +67,23 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	if err != nil {
 		return err
 	}
+	if found := journal.Find(recs, o.ID); len(found) > 0 && strings.HasPrefix(found[0].Op, "pods-") {
+		if found[0].Op == steps.OpPodsStop {
+			fmt.Fprintf(d.ErrOut, "change %s stopped pods: nothing to put back (kubelet starts stopped pods again by itself)\n", o.ID)
+			return nil
+		}
+		// A change on nodes: the pods kind undoes it (and the owners it
+		// changed in etcd, when there were any).
+		r, err := newPodsRun(ctx, d, &o.pods, hasEtcdRecords(found))
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		e, stream := r.engine(ctx)
+		defer stream.Close()
+		_, err = e.Undo(ctx, recs, o.ID, o.Force)
+		return err
+	}
 	e, _, stream, err := d.changeEngine(ctx)
 	if err != nil {
 		return err
@@ -61,4 +91,13 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	defer stream.Close()
 	_, err = e.Undo(ctx, recs, o.ID, o.Force)
 	return err
+}
+
+func hasEtcdRecords(recs []journal.Record) bool {
+	for _, r := range recs {
+		if r.Kind == journal.KindEtcd {
+			return true
+		}
+	}
+	return false
 }

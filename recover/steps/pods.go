@@ -1,0 +1,501 @@
+package steps
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/fanout"
+	"github.com/breakglass/breakglass/nodeops/pods"
+	"github.com/breakglass/breakglass/recover/change"
+	"github.com/breakglass/breakglass/recover/journal"
+)
+
+// Journal ops of the pods kind.
+const (
+	OpPodsStop = "pods-stop"
+	OpPodsHold = "pods-hold"
+	OpPodsLift = "pods-lift"
+)
+
+// KindPods is the change kind of pods stopped and images held on nodes.
+const KindPods = "pods"
+
+// Connector reaches a node's containerd; via says which path it took
+// ("forward" or "sudo").
+type Connector func(ctx context.Context, t nodeops.Target) (n *pods.Node, via string, err error)
+
+// Pods is the change kind that stops pods and holds images on nodes
+// through their containerd: one item per node, applied on many nodes at
+// once through the fan-out. With Keep, it keeps one containerd connection
+// per node for the whole run (plan and apply); without, each use connects
+// and closes again, so that a run over tens of thousands of nodes holds
+// only the connections in flight. Close closes what is kept.
+type Pods struct {
+	Connect Connector
+	// Keep keeps connections from the plan to the apply (for runs small
+	// enough that their connections fit in memory).
+	Keep bool
+	// Options tune the fan-out (concurrency, timeout per node, retries).
+	Options fanout.OptionsOf[NodeResult]
+	Now     func() time.Time
+	// Etcd, Store and Targets are what an undo of a hold needs: the
+	// owners in etcd and the nodes by name.
+	Etcd    *change.Etcd
+	Store   *etcd.Store
+	Targets []nodeops.Target
+
+	mu    sync.Mutex
+	conns map[string]*nodeConn
+}
+
+type nodeConn struct {
+	once sync.Once
+	n    *pods.Node
+	via  string
+	err  error
+}
+
+// Name is the kind's name.
+func (k *Pods) Name() string { return KindPods }
+
+// Use runs fn with the node's containerd connection. With Keep the
+// connection is made on first use and kept (a failed one is remembered for
+// the run: a node that did not answer while planning is not dialled again
+// for every step); without, it is made for fn and closed after.
+func (k *Pods) Use(ctx context.Context, t nodeops.Target, fn func(n *pods.Node, via string) error) error {
+	if !k.Keep {
+		n, via, err := k.Connect(ctx, t)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		return fn(n, via)
+	}
+	k.mu.Lock()
+	if k.conns == nil {
+		k.conns = map[string]*nodeConn{}
+	}
+	c := k.conns[t.Name]
+	if c == nil {
+		c = &nodeConn{}
+		k.conns[t.Name] = c
+	}
+	k.mu.Unlock()
+	c.once.Do(func() { c.n, c.via, c.err = k.Connect(ctx, t) })
+	if c.err != nil {
+		if ctx.Err() != nil {
+			// Cancelled while connecting: let a later call try again.
+			k.mu.Lock()
+			delete(k.conns, t.Name)
+			k.mu.Unlock()
+		}
+		return c.err
+	}
+	return fn(c.n, c.via)
+}
+
+// Close closes every kept connection.
+func (k *Pods) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for name, c := range k.conns {
+		if c.n != nil {
+			c.n.Close()
+		}
+		delete(k.conns, name)
+	}
+	return nil
+}
+
+func (k *Pods) now() time.Time {
+	if k.Now != nil {
+		return k.Now()
+	}
+	return time.Now()
+}
+
+// ImageHold is one image name to point at the node's pause image.
+type ImageHold struct {
+	Image string `json:"image"`
+	// Planned is the image's target digest when planned; ID the image ID
+	// kubelet saw.
+	Planned digest.Digest `json:"planned"`
+	ID      string        `json:"id,omitempty"`
+	Pause   string        `json:"pause"`
+	// PauseID is the pause image's ID: a container created from the held
+	// name runs it.
+	PauseID string `json:"pauseId,omitempty"`
+}
+
+// NodeChange is the payload of a pods item: what to do on one node.
+type NodeChange struct {
+	Target nodeops.Target `json:"-"`
+	Node   string         `json:"node"`
+	// Hold are the image names to point at the pause image, before the
+	// pods are stopped.
+	Hold []ImageHold `json:"hold,omitempty"`
+	// Release are held image names to point back at their originals.
+	Release []string `json:"release,omitempty"`
+	// Stop are the pods to stop (found again by uid at apply: kubelet may
+	// have given one a new sandbox since the plan).
+	Stop  []pods.Pod    `json:"stop,omitempty"`
+	Grace time.Duration `json:"grace,omitempty"`
+	// WaitImage, for a lift: after the stop, wait until the pods run
+	// their original images again (bounded by WaitTimeout).
+	WaitImage   bool          `json:"waitImage,omitempty"`
+	WaitTimeout time.Duration `json:"waitTimeout,omitempty"`
+	// PauseIDs are the pause images' IDs the held containers ran.
+	PauseIDs []string `json:"pauseIds,omitempty"`
+}
+
+// NodeResult is what applying a NodeChange did on one node.
+type NodeResult struct {
+	Held     []pods.Hold       `json:"held,omitempty"`
+	Released []pods.Hold       `json:"released,omitempty"`
+	Stopped  []pods.StopResult `json:"stopped,omitempty"`
+	// Gone are planned pods the node no longer runs (nothing to stop).
+	Gone []string `json:"gone,omitempty"`
+	// Restarted are pods seen running their original images again after
+	// a lift.
+	Restarted []string `json:"restarted,omitempty"`
+	Via       string   `json:"via,omitempty"`
+}
+
+// Item returns the change item of c.
+func (c *NodeChange) Item(op string) *change.Item {
+	var parts []string
+	if len(c.Hold) > 0 {
+		names := make([]string, len(c.Hold))
+		for i, h := range c.Hold {
+			names[i] = h.Image
+		}
+		parts = append(parts, fmt.Sprintf("point %s at %s", strings.Join(names, ", "), c.Hold[0].Pause))
+	}
+	if len(c.Release) > 0 {
+		parts = append(parts, "restore "+strings.Join(c.Release, ", "))
+	}
+	if len(c.Stop) > 0 {
+		refs := make([]string, len(c.Stop))
+		for i, p := range c.Stop {
+			refs[i] = p.Ref()
+		}
+		parts = append(parts, fmt.Sprintf("stop %d pod%s (%s)", len(c.Stop), plural(len(c.Stop)), strings.Join(refs, ", ")))
+	}
+	var diff strings.Builder
+	for _, h := range c.Hold {
+		fmt.Fprintf(&diff, "  image %s: %s -> %s (%s)\n", h.Image, short(string(h.Planned)), h.Pause, short(h.PauseID))
+	}
+	for _, r := range c.Release {
+		fmt.Fprintf(&diff, "  image %s: pause -> its original\n", r)
+	}
+	for _, p := range c.Stop {
+		names := make([]string, len(p.Containers))
+		for i, ct := range p.Containers {
+			names[i] = ct.Name + "=" + ct.State
+		}
+		fmt.Fprintf(&diff, "  stop %s (sandbox %s; %s)\n", p.Ref(), short(p.SandboxID), strings.Join(names, " "))
+	}
+	return &change.Item{Kind: KindPods, Target: journal.Target{Node: c.Node},
+		Summary: c.Node + ": " + strings.Join(parts, "; "), Diff: diff.String(), Payload: c}
+}
+
+func short(s string) string {
+	s = strings.TrimPrefix(s, "sha256:")
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// ApplyBatch applies one item per node through the fan-out: every intent
+// is journaled (one write) before any node is touched, every outcome after
+// (one write). Failed nodes do not stop the others. With a plan's Batch,
+// the items are applied that many at a time, each batch finished (a lift
+// waits until its pods run their images again) before the next starts; a
+// batch with a failed node ends the change.
+func (k *Pods) ApplyBatch(ctx context.Context, p *change.Plan, items []*change.Item, j *journal.Journal, report func(change.Event)) error {
+	intents := make([]*journal.Record, len(items))
+	for i, it := range items {
+		c := it.Payload.(*NodeChange)
+		before, _ := json.Marshal(c)
+		intents[i] = &journal.Record{Type: journal.TypeIntent, ID: p.ID, Kind: journal.KindNode, Op: p.Op, Attempt: it.Attempt,
+			Target: it.Target, Summary: it.Summary, Undoes: it.Undoes, Status: journal.StatusPending,
+			Before: &journal.Value{Bytes: before}, Details: map[string]string{"kind": KindPods}}
+	}
+	if err := j.AppendAll(intents); err != nil {
+		return fmt.Errorf("journal: %w\nhint: nothing was changed; fix the journal (--journal FILE) and retry", err)
+	}
+	batch := len(items)
+	if p.Batch > 0 && p.Batch < batch {
+		batch = p.Batch
+	}
+	failed := 0
+	done := 0
+	var outcomes []*journal.Record
+	for start := 0; start < len(items); start += batch {
+		chunk := items[start:min(start+batch, len(items))]
+		if ctx.Err() != nil || (failed > 0 && batch < len(items)) {
+			// A batch failed (or the run was cancelled): later batches
+			// are not started.
+			for _, it := range chunk {
+				err := errors.New("not started: an earlier batch failed or the run was cancelled")
+				if ctx.Err() != nil {
+					err = fmt.Errorf("not started: %w", ctx.Err())
+				}
+				report(change.ItemFailed{Plan: p, Item: it, Err: err})
+				outcomes = append(outcomes, outcome(p, it, journal.StatusFailed, nil, err))
+				failed++
+			}
+			continue
+		}
+		targets := make([]nodeops.Target, len(chunk))
+		for i, it := range chunk {
+			targets[i] = it.Payload.(*NodeChange).Target
+		}
+		opts := k.Options
+		opts.OnEvent = func(ev fanout.EventOf[NodeResult]) {
+			it := chunk[ev.Index]
+			switch ev.Type {
+			case fanout.EventStarted:
+				report(change.ItemStarted{Plan: p, Item: it})
+			case fanout.EventFinished:
+				done++
+				it.Result = resultLine(ev.Result.Output)
+				report(change.ItemApplied{Plan: p, Item: it})
+				report(change.Progress{Plan: p, Done: done, Total: len(items)})
+			case fanout.EventFailed, fanout.EventCancelled:
+				done++
+				report(change.ItemFailed{Plan: p, Item: it, Err: ev.Result.Err})
+				report(change.Progress{Plan: p, Done: done, Total: len(items)})
+			}
+		}
+		results := fanout.RunOf(ctx, targets, opts, func(ctx context.Context, t nodeops.Target) (NodeResult, error) {
+			return k.applyNode(ctx, p, chunk[indexOf(targets, t.Name)].Payload.(*NodeChange))
+		})
+		for i, r := range results {
+			it := chunk[i]
+			out := r.Output
+			status := journal.StatusApplied
+			if r.Status != nodeops.StatusOK {
+				status = journal.StatusFailed
+				if r.Status == nodeops.StatusCancelled && !r.Start.IsZero() {
+					status = journal.StatusUnknown
+				}
+				failed++
+			}
+			outcomes = append(outcomes, outcome(p, it, status, &out, r.Err))
+		}
+	}
+	if err := j.AppendAll(outcomes); err != nil {
+		return fmt.Errorf("journal: the nodes were changed but their outcomes were not recorded: %w", err)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if failed > 0 {
+		return &change.PartialError{What: p.Op, Failed: failed, Total: len(items)}
+	}
+	return nil
+}
+
+func indexOf(targets []nodeops.Target, name string) int {
+	for i, t := range targets {
+		if t.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func outcome(p *change.Plan, it *change.Item, status string, out *NodeResult, err error) *journal.Record {
+	r := &journal.Record{Type: journal.TypeOutcome, ID: p.ID, Kind: journal.KindNode, Op: p.Op, Attempt: it.Attempt,
+		Target: it.Target, Summary: it.Summary, Undoes: it.Undoes, Status: status, Details: map[string]string{"kind": KindPods}}
+	if out != nil {
+		b, _ := json.Marshal(out)
+		r.After = &journal.Value{Bytes: b}
+		if out.Via != "" {
+			r.Details["via"] = out.Via
+		}
+	}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+func resultLine(r NodeResult) string {
+	var parts []string
+	if len(r.Held) > 0 {
+		parts = append(parts, fmt.Sprintf("%d image%s held", len(r.Held), plural(len(r.Held))))
+	}
+	if len(r.Released) > 0 {
+		parts = append(parts, fmt.Sprintf("%d image%s restored", len(r.Released), plural(len(r.Released))))
+	}
+	if len(r.Stopped) > 0 {
+		parts = append(parts, fmt.Sprintf("%d pod%s stopped", len(r.Stopped), plural(len(r.Stopped))))
+	}
+	if len(r.Gone) > 0 {
+		parts = append(parts, fmt.Sprintf("%d already gone", len(r.Gone)))
+	}
+	if len(r.Restarted) > 0 {
+		parts = append(parts, fmt.Sprintf("%d running the original image again", len(r.Restarted)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// applyNode makes one node's change: images first (so that kubelet's next
+// start of a stopped container runs the pause image), then the stops.
+func (k *Pods) applyNode(ctx context.Context, p *change.Plan, c *NodeChange) (NodeResult, error) {
+	var res NodeResult
+	err := k.Use(ctx, c.Target, func(n *pods.Node, via string) error {
+		res.Via = via
+		var err error
+		res, err = k.applyOn(ctx, n, p, c, res)
+		return err
+	})
+	return res, err
+}
+
+func (k *Pods) applyOn(ctx context.Context, n *pods.Node, p *change.Plan, c *NodeChange, res NodeResult) (NodeResult, error) {
+	for _, h := range c.Hold {
+		held, err := n.HoldImage(ctx, h.Image, h.Pause, h.Planned, p.ID, k.now())
+		if err != nil {
+			return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "image-hold", Err: err}
+		}
+		res.Held = append(res.Held, held)
+	}
+	for _, image := range c.Release {
+		ok, h, err := n.ReleaseImage(ctx, image, "")
+		if err != nil {
+			return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "image-release", Err: err}
+		}
+		if ok {
+			res.Released = append(res.Released, h)
+		}
+	}
+	if len(c.Stop) == 0 {
+		return res, nil
+	}
+	now, err := n.List(ctx)
+	if err != nil {
+		return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "cri", Err: err}
+	}
+	byUID := map[string]pods.Pod{}
+	for _, x := range now {
+		byUID[x.UID] = x
+	}
+	var errs []error
+	for _, planned := range c.Stop {
+		cur, ok := byUID[planned.UID]
+		if !ok {
+			res.Gone = append(res.Gone, planned.Ref())
+			continue
+		}
+		sr, err := n.Stop(ctx, cur, c.Grace)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Stopped = append(res.Stopped, sr)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "cri", Err: err}
+	}
+	if c.WaitImage {
+		restarted, err := waitOriginal(ctx, n, c)
+		res.Restarted = restarted
+		if err != nil {
+			return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "wait", Err: err,
+				Hint: "kubelet did not start the pods again with their images in time; check the node (breakglass pods list --nodes NODE) before lifting more"}
+		}
+	}
+	return res, nil
+}
+
+// waitOriginal waits until every pod of c that ran the pause image in
+// place of its own runs its own image again (the container of the same
+// name, running, created from another image than the pause image), or is
+// gone from the node (its controller removed it).
+func waitOriginal(ctx context.Context, n *pods.Node, c *NodeChange) ([]string, error) {
+	timeout := c.WaitTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var waiting []string
+	for {
+		list, err := n.List(ctx)
+		if err == nil {
+			byUID := map[string]pods.Pod{}
+			for _, x := range list {
+				byUID[x.UID] = x
+			}
+			var ok []string
+			waiting = waiting[:0]
+			for _, planned := range c.Stop {
+				cur, present := byUID[planned.UID]
+				switch {
+				case !present:
+					ok = append(ok, planned.Ref()+" (gone)")
+				case runsOwnImages(planned, cur, c.PauseIDs):
+					ok = append(ok, planned.Ref())
+				default:
+					waiting = append(waiting, planned.Ref())
+				}
+			}
+			if len(waiting) == 0 {
+				return ok, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return nil, fmt.Errorf("waiting for %s to run their images again: %w (last: %v)", strings.Join(waiting, ", "), ctx.Err(), err)
+			}
+			return nil, fmt.Errorf("%s did not run their images again within %s", strings.Join(waiting, ", "), timeout)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// runsOwnImages reports whether every container of planned (which ran
+// the pause image) runs again in cur from another image.
+func runsOwnImages(planned, cur pods.Pod, pauseIDs []string) bool {
+	now := map[string]pods.Container{}
+	for _, ct := range cur.Containers {
+		now[ct.Name] = ct
+	}
+	for _, ct := range planned.Containers {
+		if !slices.Contains(pauseIDs, ct.ImageRef) {
+			continue
+		}
+		c, ok := now[ct.Name]
+		if !ok || c.State != "running" || c.ImageRef == ct.ImageRef {
+			return false
+		}
+	}
+	return cur.State == "ready"
+}
+
+// Apply applies a single item (the engine calls ApplyBatch for this kind).
+func (k *Pods) Apply(ctx context.Context, p *change.Plan, it *change.Item, j *journal.Journal) error {
+	return k.ApplyBatch(ctx, p, []*change.Item{it}, j, func(change.Event) {})
+}
