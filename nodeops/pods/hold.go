@@ -62,6 +62,32 @@ func (n *Node) GetImage(ctx context.Context, name string) (Image, error) {
 	return out, nil
 }
 
+// Images lists the node's image records in the CRI namespace, each with
+// the image ID CRI resolves it to (two calls, whatever the number of
+// images).
+func (n *Node) Images(ctx context.Context) ([]Image, error) {
+	ctx = namespaces.WithNamespace(ctx, CRINamespace)
+	recs, err := n.cd.ImageService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: list images: %w", n.Name, err)
+	}
+	cri, err := n.img.ListImages(ctx, &runtimeapi.ListImagesRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: CRI ListImages: %w", n.Name, err)
+	}
+	ids := map[string]string{}
+	for _, img := range cri.Images {
+		for _, ref := range append(append([]string{}, img.RepoTags...), img.RepoDigests...) {
+			ids[ref] = img.Id
+		}
+	}
+	out := make([]Image, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, Image{Name: r.Name, Target: r.Target, Labels: r.Labels, ID: ids[r.Name]})
+	}
+	return out, nil
+}
+
 // SandboxImage is the pause image containerd's CRI plugin runs every
 // sandbox with, from its configuration (CRI Status, verbose).
 func (n *Node) SandboxImage(ctx context.Context) (string, error) {
