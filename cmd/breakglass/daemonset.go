@@ -83,16 +83,9 @@ func runDaemonSet(ctx context.Context, d *Deps, o *daemonSetOptions) error {
 		_, err := e.Run(ctx, steps.PauseDaemonSet(k, obj, o.Force))
 		return err
 	}
-	pausedBy := steps.PausedBy(ctx, k, obj)
-	plan, err := e.Run(ctx, steps.ResumeDaemonSet(k, obj))
-	if err != nil || pausedBy == "" || d.Global.DryRun || len(plan.Items) == 0 {
-		return err
-	}
-	if recs, err := journal.Read(d.journalPath()); err == nil {
-		if note := steps.ResumeNote(ctx, k, recs, obj, pausedBy); note != "" {
-			stream.Flush()
-			fmt.Fprintf(d.ErrOut, "note: %s\n", note)
-		}
-	}
-	return nil
+	// The journal says whether the spec changed while paused; a journal
+	// that cannot be read only loses that note.
+	recs, _ := journal.Read(d.journalPath())
+	_, err = e.Run(ctx, steps.ResumeDaemonSet(k, obj, recs))
+	return err
 }

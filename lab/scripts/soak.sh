@@ -1,15 +1,41 @@
 #!/usr/bin/env bash
-# make soak: the long runs that do not fit make test. On a fresh lab, each
-# incident is started and reset SOAK_ROUNDS times in a row (default 10)
-# through the real binary; every round must show the incident's evidence and
-# leave no incident object in etcd and no incident container on any worker.
-# About 40 minutes on 2 cores for 10 rounds. Needs root.
+# The long runs that do not fit make test, each on a fresh lab of its own
+# (.lab-soak). Needs root.
+#
+#   make soak       (SOAK=incidents): each incident is started and reset
+#                   SOAK_ROUNDS times in a row (default 10) through the real
+#                   binary; every round must show the incident's evidence and
+#                   leave no incident object in etcd and no incident container
+#                   on any worker. About 40 minutes on 2 cores for 10 rounds.
+#   make soak-hold  (SOAK=hold): under the overload incident, the telemetry
+#                   agent is held on every worker and watched for HOLD_WINDOW
+#                   (default 10m) through kubelet's restarts of its
+#                   containers, a kubelet restart and a containerd restart,
+#                   with no agent process allowed on any worker; then the
+#                   apiserver is healed (the DaemonSet must not come back)
+#                   and the hold lifted (the agent runs again with its
+#                   original image). make test runs it with a 60 s window.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-$PWD/bin/breakglass}
 LAB_DIR=${LAB_DIR:-$PWD/.lab-soak}
 GO=${GO:-go}
-ROUNDS=${SOAK_ROUNDS:-10}
+case "${SOAK:-incidents}" in
+incidents)
+	what="${SOAK_ROUNDS:-10} rounds of each incident and its reset"
+	env=(BREAKGLASS_LAB_SOAK="${SOAK_ROUNDS:-10}")
+	run=TestIncidentSoak timeout=150m show='round [0-9]+'
+	;;
+hold)
+	what="the overload incident, its agent held for ${HOLD_WINDOW:-10m}"
+	env=(BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_HOLD_WINDOW="${HOLD_WINDOW:-10m}")
+	run=TestIncidentOverloadPodsHold timeout=60m show='watching|timed out|broke'
+	;;
+*)
+	echo "SOAK=$SOAK: want incidents or hold" >&2
+	exit 2
+	;;
+esac
 if [ "$(id -u)" != 0 ]; then
 	echo "make soak needs root: the lab uses network and mount namespaces." >&2
 	exit 1
@@ -23,10 +49,10 @@ if ! "$BIN" lab up --dir "$LAB_DIR"; then
 	exit 1
 fi
 trap '"$BIN" lab down --dir "$LAB_DIR" >/dev/null 2>&1' EXIT
-echo "== $ROUNDS rounds of each incident and its reset"
-BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_BIN="$BIN" BREAKGLASS_LAB_SOAK="$ROUNDS" \
-	"$GO" test -count=1 -v -timeout 150m -run 'TestIncidentSoak' ./lab/ 2>&1 | tee "${SOAK_LOG:-/dev/null}" \
-	| grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic)|round [0-9]+'
+echo "== $what"
+env BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_BIN="$BIN" "${env[@]}" \
+	"$GO" test -count=1 -v -timeout "$timeout" -run "^$run\$" ./lab/ 2>&1 | tee "${SOAK_LOG:-/dev/null}" \
+	| grep -E "^(=== RUN|--- |ok|FAIL|PASS|panic)|$show"
 rc=${PIPESTATUS[0]}
 if [ "$rc" != 0 ]; then
 	for f in "$LAB_DIR"/logs/cp-1-kube-{controller-manager,scheduler,apiserver}.log; do

@@ -49,12 +49,62 @@ func PauseDaemonSet(k *change.Etcd, o Object, force bool) change.Planner {
 		})
 }
 
-// ResumeDaemonSet plans removing the pause selector again.
-func ResumeDaemonSet(k *change.Etcd, o Object) change.Planner {
-	return etcdPlanner(k, "daemonset-resume", fmt.Sprintf("resume daemonset %s", o.Ref()), true,
+// ResumeDaemonSet plans removing the pause selector again. With the
+// journal's records, the plan says (a note) when the spec that resume
+// leaves differs from the one before the pause: someone changed it while
+// it was paused, and their change is kept.
+func ResumeDaemonSet(k *change.Etcd, o Object, records []journal.Record) change.Planner {
+	plan := etcdPlanner(k, "daemonset-resume", fmt.Sprintf("resume daemonset %s", o.Ref()), true,
 		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
 			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.ResumeDaemonSet(), w)
 		})
+	return func(ctx context.Context, id string) (*change.Plan, error) {
+		p, err := plan(ctx, id)
+		if err != nil || len(p.Items) != 1 {
+			return p, err
+		}
+		if c, ok := p.Items[0].Payload.(*etcd.Change); ok {
+			if note := resumeNote(k, records, c); note != "" {
+				p.Notes = append(p.Notes, note)
+			}
+		}
+		return p, nil
+	}
+}
+
+// resumeNote compares the spec a resume writes with the spec the journal
+// recorded before the pause it undoes (named by the paused-by annotation
+// of the object the resume was planned against).
+func resumeNote(k *change.Etcd, records []journal.Record, c *etcd.Change) string {
+	if len(records) == 0 || c.Before == nil || c.After == nil {
+		return ""
+	}
+	now, err := k.Store.Codec.Decode(c.Key, c.Before, c.BeforeRevision)
+	if err != nil {
+		return ""
+	}
+	pausedBy := now.Meta().GetAnnotations()[etcd.PausedByAnnotation]
+	if pausedBy == "" {
+		return ""
+	}
+	intent, _, err := journal.Applied(records, pausedBy)
+	if err != nil || intent.Before == nil || intent.Before.Absent {
+		return ""
+	}
+	before, err := k.Store.Codec.Decode(intent.Target.Key, intent.Before.Bytes, intent.Before.Revision)
+	if err != nil {
+		return ""
+	}
+	after, err := k.Store.Codec.Decode(c.Key, c.After, 0)
+	if err != nil {
+		return ""
+	}
+	b, ok1 := before.Object.(*appsv1.DaemonSet)
+	a, ok2 := after.Object.(*appsv1.DaemonSet)
+	if ok1 && ok2 && !equality.Semantic.DeepEqual(a.Spec, b.Spec) {
+		return fmt.Sprintf("the spec differs from the one before pause %s: it was changed while paused (kept)", pausedBy)
+	}
+	return ""
 }
 
 // Delete plans removing one object's key. Protected objects (Namespaces,
@@ -106,38 +156,4 @@ func refOf(c *etcd.Change) string {
 		return c.Name
 	}
 	return c.Namespace + "/" + c.Name
-}
-
-// ResumeNote compares a resumed DaemonSet's spec with the spec the journal
-// recorded before the pause it undoes, and returns a note when they differ
-// (someone changed the spec while it was paused: their change is kept).
-// pausedBy is the pause's change ID, read from the object before resuming.
-func ResumeNote(ctx context.Context, k *change.Etcd, records []journal.Record, o Object, pausedBy string) string {
-	intent, _, err := journal.Applied(records, pausedBy)
-	if err != nil || intent.Before == nil || intent.Before.Absent {
-		return ""
-	}
-	before, err := k.Store.Codec.Decode(intent.Target.Key, intent.Before.Bytes, intent.Before.Revision)
-	if err != nil {
-		return ""
-	}
-	now, err := k.Store.GetObject(ctx, o.Resource, o.Namespace, o.Name, etcd.Linearizable)
-	if err != nil || now.Decoded == nil {
-		return ""
-	}
-	b, ok1 := before.Object.(*appsv1.DaemonSet)
-	a, ok2 := now.Decoded.Object.(*appsv1.DaemonSet)
-	if ok1 && ok2 && !equality.Semantic.DeepEqual(a.Spec, b.Spec) {
-		return fmt.Sprintf("the spec differs from the one before pause %s: it was changed while paused (kept)", pausedBy)
-	}
-	return ""
-}
-
-// PausedBy returns the ID of the change that paused a DaemonSet, if any.
-func PausedBy(ctx context.Context, k *change.Etcd, o Object) string {
-	obj, err := k.Store.GetObject(ctx, o.Resource, o.Namespace, o.Name, etcd.Linearizable)
-	if err != nil || obj.Decoded == nil {
-		return ""
-	}
-	return obj.Decoded.Meta().GetAnnotations()[etcd.PausedByAnnotation]
 }

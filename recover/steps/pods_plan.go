@@ -701,7 +701,7 @@ func liftOwners(ctx context.Context, ek *change.Etcd, store *etcd.Store, recs []
 		var planner change.Planner
 		switch r.Target.Resource {
 		case "daemonsets.apps":
-			planner = ResumeDaemonSet(ek, obj)
+			planner = ResumeDaemonSet(ek, obj, nil)
 		default:
 			if r.Before == nil || r.Before.Absent {
 				continue
