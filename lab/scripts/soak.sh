@@ -29,7 +29,7 @@ incidents)
 hold)
 	what="the overload incident, its agent held for ${HOLD_WINDOW:-10m}"
 	env=(BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_HOLD_WINDOW="${HOLD_WINDOW:-10m}")
-	run=TestIncidentOverloadPodsHold timeout=60m show='watching|timed out|broke'
+	run=TestIncidentOverloadPodsHold timeout=60m show='watching|_test.go:[0-9]+: [^b]'
 	;;
 *)
 	echo "SOAK=$SOAK: want incidents or hold" >&2

@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -224,120 +223,21 @@ func plural(n int) string {
 	return "s"
 }
 
-// ApplyBatch applies one item per node through the fan-out: every intent
-// is journaled (one write) before any node is touched, every outcome after
-// (one write). Failed nodes do not stop the others. With a plan's Batch,
-// the items are applied that many at a time, each batch finished (a lift
-// waits until its pods run their images again) before the next starts; a
-// batch with a failed node ends the change.
+// ApplyBatch applies one item per node through the fan-out (see
+// applyNodes).
 func (k *Pods) ApplyBatch(ctx context.Context, p *change.Plan, items []*change.Item, j *journal.Journal, report func(change.Event)) error {
-	intents := make([]*journal.Record, len(items))
-	for i, it := range items {
-		c := it.Payload.(*NodeChange)
-		before, _ := json.Marshal(c)
-		intents[i] = &journal.Record{Type: journal.TypeIntent, ID: p.ID, Kind: journal.KindNode, Op: p.Op, Attempt: it.Attempt,
-			Target: it.Target, Summary: it.Summary, Undoes: it.Undoes, Status: journal.StatusPending,
-			Before: &journal.Value{Bytes: before}, Details: map[string]string{"kind": KindPods}}
-	}
-	if err := j.AppendAll(intents); err != nil {
-		return fmt.Errorf("journal: %w\nhint: nothing was changed; fix the journal (--journal FILE) and retry", err)
-	}
-	batch := len(items)
-	if p.Batch > 0 && p.Batch < batch {
-		batch = p.Batch
-	}
-	failed := 0
-	done := 0
-	var outcomes []*journal.Record
-	for start := 0; start < len(items); start += batch {
-		chunk := items[start:min(start+batch, len(items))]
-		if ctx.Err() != nil || (failed > 0 && batch < len(items)) {
-			// A batch failed (or the run was cancelled): later batches
-			// are not started.
-			for _, it := range chunk {
-				err := errors.New("not started: an earlier batch failed or the run was cancelled")
-				if ctx.Err() != nil {
-					err = fmt.Errorf("not started: %w", ctx.Err())
-				}
-				report(change.ItemFailed{Plan: p, Item: it, Err: err})
-				outcomes = append(outcomes, outcome(p, it, journal.StatusFailed, nil, err))
-				failed++
-			}
-			continue
-		}
-		targets := make([]nodeops.Target, len(chunk))
-		for i, it := range chunk {
-			targets[i] = it.Payload.(*NodeChange).Target
-		}
-		opts := k.Options
-		opts.OnEvent = func(ev fanout.EventOf[NodeResult]) {
-			it := chunk[ev.Index]
-			switch ev.Type {
-			case fanout.EventStarted:
-				report(change.ItemStarted{Plan: p, Item: it})
-			case fanout.EventFinished:
-				done++
-				it.Result = resultLine(ev.Result.Output)
-				report(change.ItemApplied{Plan: p, Item: it})
-				report(change.Progress{Plan: p, Done: done, Total: len(items)})
-			case fanout.EventFailed, fanout.EventCancelled:
-				done++
-				report(change.ItemFailed{Plan: p, Item: it, Err: ev.Result.Err})
-				report(change.Progress{Plan: p, Done: done, Total: len(items)})
-			}
-		}
-		results := fanout.RunOf(ctx, targets, opts, func(ctx context.Context, t nodeops.Target) (NodeResult, error) {
-			return k.applyNode(ctx, p, chunk[indexOf(targets, t.Name)].Payload.(*NodeChange))
-		})
-		for i, r := range results {
-			it := chunk[i]
-			out := r.Output
-			status := journal.StatusApplied
-			if r.Status != nodeops.StatusOK {
-				status = journal.StatusFailed
-				if r.Status == nodeops.StatusCancelled && !r.Start.IsZero() {
-					status = journal.StatusUnknown
-				}
-				failed++
-			}
-			outcomes = append(outcomes, outcome(p, it, status, &out, r.Err))
-		}
-	}
-	if err := j.AppendAll(outcomes); err != nil {
-		return fmt.Errorf("journal: the nodes were changed but their outcomes were not recorded: %w", err)
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if failed > 0 {
-		return &change.PartialError{What: p.Op, Failed: failed, Total: len(items)}
-	}
-	return nil
-}
-
-func indexOf(targets []nodeops.Target, name string) int {
-	for i, t := range targets {
-		if t.Name == name {
-			return i
-		}
-	}
-	return -1
-}
-
-func outcome(p *change.Plan, it *change.Item, status string, out *NodeResult, err error) *journal.Record {
-	r := &journal.Record{Type: journal.TypeOutcome, ID: p.ID, Kind: journal.KindNode, Op: p.Op, Attempt: it.Attempt,
-		Target: it.Target, Summary: it.Summary, Undoes: it.Undoes, Status: status, Details: map[string]string{"kind": KindPods}}
-	if out != nil {
-		b, _ := json.Marshal(out)
-		r.After = &journal.Value{Bytes: b}
-		if out.Via != "" {
-			r.Details["via"] = out.Via
-		}
-	}
-	if err != nil {
-		r.Error = err.Error()
-	}
-	return r
+	return applyNodes(ctx, p, items, j, report, nodeBatch[NodeResult]{
+		kind: KindPods,
+		opts: k.Options,
+		target: func(it *change.Item) nodeops.Target {
+			return it.Payload.(*NodeChange).Target
+		},
+		apply: func(ctx context.Context, it *change.Item) (NodeResult, error) {
+			return k.applyNode(ctx, p, it.Payload.(*NodeChange))
+		},
+		result: resultLine,
+		via:    func(r NodeResult) string { return r.Via },
+	})
 }
 
 func resultLine(r NodeResult) string {

@@ -150,24 +150,6 @@ func OwnerOf(ctx context.Context, s *etcd.Store, p *corev1.Pod) (Workload, bool,
 	return Workload{}, false, fmt.Errorf("pod %s/%s is owned by a %s (%s): breakglass cannot neutralise that owner in etcd", p.Namespace, p.Name, c.Kind, c.Name)
 }
 
-// pullPolicy returns the pull policy of the pod's containers (init
-// containers too) that use image, and whether any does.
-func pullPolicies(p *corev1.Pod, image string) []corev1.PullPolicy {
-	var out []corev1.PullPolicy
-	for _, list := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
-		for _, c := range list {
-			if c.Image == image {
-				pp := c.ImagePullPolicy
-				if pp == "" {
-					pp = corev1.PullIfNotPresent
-				}
-				out = append(out, pp)
-			}
-		}
-	}
-	return out
-}
-
 // replicasOf reads spec.replicas of a decoded Deployment or StatefulSet
 // (1 when unset, as the apiserver defaults it).
 func replicasOf(d *etcd.Decoded) (int32, bool) {
