@@ -35,6 +35,9 @@ type changeWire struct {
 	Journal        string   `json:"journal,omitempty"`
 	Undoes         string   `json:"undoes,omitempty"`
 	Notes          []string `json:"notes,omitempty"`
+	// Result says what applying did on a node ("1 image held, 1 pod
+	// stopped").
+	Result string `json:"result,omitempty"`
 }
 
 // replannedWire says that a target moved between the plan and its apply,
@@ -272,7 +275,11 @@ func (ep *eventPrinter) outcome(p *change.Plan, it *change.Item, state string) {
 		w.Unchanged = true
 	case "applied":
 		w.ID, w.Attempts = p.ID, it.Attempt
-		w.Revision, _ = strconv.ParseInt(it.Result, 10, 64)
+		if it.Kind == change.KindEtcd {
+			w.Revision, _ = strconv.ParseInt(it.Result, 10, 64)
+		} else {
+			w.Result = it.Result
+		}
 		w.Journal = ep.d.journalPath()
 	}
 	if !ep.p.Text() {
@@ -287,7 +294,11 @@ func (ep *eventPrinter) outcome(p *change.Plan, it *change.Item, state string) {
 			fmt.Fprintf(d.Out, "%s (dry run, nothing changed)\n", it.Summary)
 			fmt.Fprint(d.Out, it.Diff)
 		case "applied":
-			fmt.Fprintf(d.Out, "%s: done: %s\n", it.Summary, it.Result)
+			if it.Result == "" {
+				fmt.Fprintf(d.Out, "%s: done\n", it.Summary)
+			} else {
+				fmt.Fprintf(d.Out, "%s: done: %s\n", it.Summary, it.Result)
+			}
 		default:
 			fmt.Fprintf(d.Out, "%s: unchanged\n", it.Summary)
 		}

@@ -96,6 +96,10 @@ func extraJournal(args []string, path string) []string {
 	switch args[0] {
 	case "scale", "delete", "undo", "daemonset":
 		return []string{"--journal", path}
+	case "shed":
+		if len(args) > 1 && args[1] != "status" {
+			return []string{"--journal", path}
+		}
 	}
 	return nil
 }

@@ -34,7 +34,8 @@ undone in turn.
 A "pods hold" change is undone by lifting it (as "breakglass pods hold lift
 CHANGE-ID" does, all nodes at once): the node flags say how to reach the
 nodes. A "pods stop" change has nothing to put back: kubelet starts stopped
-pods again by itself.
+pods again by itself. A "shed" change is undone by putting back, on every
+node, the table the change found (see docs/shed.md).
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 some nodes failed, 4 refused, 130
 cancelled.`,
@@ -67,6 +68,17 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	if err != nil {
 		return err
 	}
+	if found := journal.Find(recs, o.ID); len(found) > 0 && strings.HasPrefix(found[0].Op, "shed-") {
+		r, err := newShedRun(ctx, d, &shedOptions{nodes: o.pods.nodes, ssh: o.pods.ssh})
+		if err != nil {
+			return err
+		}
+		defer r.close()
+		e, stream := r.engine(d)
+		defer stream.Close()
+		_, err = e.Undo(ctx, recs, o.ID, o.Force)
+		return err
+	}
 	if found := journal.Find(recs, o.ID); len(found) > 0 && strings.HasPrefix(found[0].Op, "pods-") {
 		if found[0].Op == steps.OpPodsStop {
 			fmt.Fprintf(d.ErrOut, "change %s stopped pods: nothing to put back (kubelet starts stopped pods again by itself)\n", o.ID)
@@ -84,11 +96,14 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 		_, err = e.Undo(ctx, recs, o.ID, o.Force)
 		return err
 	}
-	e, _, stream, err := d.changeEngine(ctx)
+	e, k, stream, err := d.changeEngine(ctx)
 	if err != nil {
 		return err
 	}
 	defer stream.Close()
+	// A flow-control shed writes two keys, and the API server updates its
+	// FlowSchema's status: its own kind undoes it as a whole.
+	e.Register(&steps.FlowControl{Etcd: k})
 	_, err = e.Undo(ctx, recs, o.ID, o.Force)
 	return err
 }
