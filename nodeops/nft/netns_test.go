@@ -106,29 +106,38 @@ func (n *netns) list(t *testing.T) (jsonOut, textOut []byte) {
 }
 
 // states reads the table back both ways; both parsers must agree on all but
-// Remaining (JSON has whole seconds, text milliseconds).
+// Remaining (JSON has whole seconds, text milliseconds). The two listings
+// are two commands: when the dead-man lapses between them they differ in
+// Active, so a disagreement is read again, and fails only when it lasts.
 func (n *netns) states(t *testing.T) (fromJSON, fromText nft.State) {
 	t.Helper()
-	j, x := n.list(t)
-	sj, err := nft.ParseJSON(j)
-	if err != nil {
-		t.Fatalf("ParseJSON: %v\n%s", err, j)
+	var why string
+	for try := 0; try < 3; try++ {
+		j, x := n.list(t)
+		sj, err := nft.ParseJSON(j)
+		if err != nil {
+			t.Fatalf("ParseJSON: %v\n%s", err, j)
+		}
+		sx, err := nft.ParseText(x)
+		if err != nil {
+			t.Fatalf("ParseText: %v\n%s", err, x)
+		}
+		a, b := sj, sx
+		a.Remaining, b.Remaining = 0, 0
+		// The counters may move between the two list commands.
+		a.Packets, a.Bytes, b.Packets, b.Bytes = 0, 0, 0, 0
+		if diff := stateDiff(a, b); diff != "" {
+			why = fmt.Sprintf("ParseJSON and ParseText disagree: %s\njson: %s\ntext:\n%s", diff, j, x)
+			continue
+		}
+		if d := sj.Remaining - sx.Remaining; d > time.Second || d < -2*time.Second {
+			why = fmt.Sprintf("Remaining: json %v, text %v", sj.Remaining, sx.Remaining)
+			continue
+		}
+		return sj, sx
 	}
-	sx, err := nft.ParseText(x)
-	if err != nil {
-		t.Fatalf("ParseText: %v\n%s", err, x)
-	}
-	a, b := sj, sx
-	a.Remaining, b.Remaining = 0, 0
-	// The counters may move between the two list commands.
-	a.Packets, a.Bytes, b.Packets, b.Bytes = 0, 0, 0, 0
-	if diff := stateDiff(a, b); diff != "" {
-		t.Fatalf("ParseJSON and ParseText disagree: %s\njson: %s\ntext:\n%s", diff, j, x)
-	}
-	if d := sj.Remaining - sx.Remaining; d > time.Second || d < -2*time.Second {
-		t.Fatalf("Remaining: json %v, text %v", sj.Remaining, sx.Remaining)
-	}
-	return sj, sx
+	t.Fatal(why)
+	return
 }
 
 // run runs fn on an OS thread switched into the namespace: sockets fn
