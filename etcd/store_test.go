@@ -209,14 +209,32 @@ func (r *racingKV) Txn(ctx context.Context) clientv3.Txn {
 	return r.KV.Txn(ctx)
 }
 
-func TestUpdateCASRetriesOnConflict(t *testing.T) {
+// applier returns a function that applies a planned change, as the change
+// engine does once the operator confirmed it: apply(s.PlanUpdate(...)).
+func applier(t *testing.T, s *etcd.Store, j etcd.Journal) func(*etcd.Change, error) (*etcd.Change, error) {
+	return func(c *etcd.Change, err error) (*etcd.Change, error) {
+		t.Helper()
+		if err != nil {
+			return c, err
+		}
+		_, err = s.Apply(context.Background(), c, j)
+		return c, err
+	}
+}
+
+// TestApplyRefusesAMovedKey: a change planned against one revision writes
+// nothing when another writer moved the key before the compare-and-swap,
+// and hands back the key as it is now, journaled as a conflict; applied
+// against the revision it was planned at, it writes exactly the planned
+// bytes and journals the revision it produced.
+func TestApplyRefusesAMovedKey(t *testing.T) {
 	s, srv := newStore(t)
 	ctx := context.Background()
 	put(t, s, srv.Client, "deployments", "ns", "web", deployment("ns", "web", 3), deployGVK)
 	deploy, _ := s.Layout.Lookup("deploy")
 
-	// A concurrent writer changes an annotation before our first txn: the
-	// write must be retried onto the new value, keeping the annotation.
+	// A concurrent writer changes an annotation between the plan and the
+	// transaction.
 	race := func(n int) {
 		if n != 1 {
 			return
@@ -227,42 +245,45 @@ func TestUpdateCASRetriesOnConflict(t *testing.T) {
 	}
 	etcd.SetKVForTest(s, &racingKV{KV: srv.Client.KV, cli: srv.Client, race: race})
 	j := &recJournal{t: t, cli: srv.Client}
-	ch, err := s.Update(ctx, deploy, "ns", "web", etcd.Scale(0), etcd.WriteOptions{ID: "c1", Op: "scale", Journal: j})
+	planned, err := s.PlanUpdate(ctx, deploy, "ns", "web", etcd.Scale(0), etcd.WriteOptions{ID: "c1", Op: "scale"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(j.events, " "); got != "intent:1 conflict:1 intent:2 applied:2" {
+	now, err := s.Apply(ctx, planned, j)
+	var ce *etcd.ConflictError
+	if !errors.As(err, &ce) || now == nil || now.ModRevision == planned.BeforeRevision {
+		t.Fatalf("apply of a moved key: %v (now %v), want a ConflictError with the key as it is", err, now)
+	}
+	if got := strings.Join(j.events, " "); got != "intent:1 conflict:1" {
 		t.Errorf("journal events: %s", got)
 	}
 	o, err := s.GetObject(ctx, deploy, "ns", "web", etcd.Linearizable)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if d := o.Decoded.Object.(*appsv1.Deployment); *d.Spec.Replicas != 3 || d.Annotations["other"] != "writer" {
+		t.Fatalf("a refused apply wrote: replicas %d annotations %v", *d.Spec.Replicas, d.Annotations)
+	}
+
+	// Planned again from the value now, it applies, keeping the other
+	// writer's annotation.
+	ch, err := applier(t, s, j)(s.PlanUpdate(ctx, deploy, "ns", "web", etcd.Scale(0), etcd.WriteOptions{ID: "c1", Op: "scale"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err = s.GetObject(ctx, deploy, "ns", "web", etcd.Linearizable)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := o.Decoded.Object.(*appsv1.Deployment)
 	if *d.Spec.Replicas != 0 || d.Annotations["other"] != "writer" {
-		t.Errorf("after retry: replicas %d annotations %v", *d.Spec.Replicas, d.Annotations)
+		t.Errorf("after the new plan: replicas %d annotations %v", *d.Spec.Replicas, d.Annotations)
 	}
 	if d.Generation != 5 {
 		t.Errorf("generation %d, want 5 (bumped once for the spec change)", d.Generation)
 	}
 	if o.ModRevision != ch.Revision || d.ResourceVersion != fmt.Sprint(ch.Revision) {
 		t.Errorf("revision %d, change revision %d", o.ModRevision, ch.Revision)
-	}
-
-	// A writer that always wins: the write gives up with a ConflictError.
-	etcd.SetKVForTest(s, &racingKV{KV: srv.Client.KV, cli: srv.Client, race: func(n int) {
-		d := deployment("ns", "web", 3)
-		d.Annotations = map[string]string{"n": fmt.Sprint(n)}
-		put(t, s, srv.Client, "deployments", "ns", "web", d, deployGVK)
-	}})
-	j = &recJournal{t: t, cli: srv.Client}
-	_, err = s.Update(ctx, deploy, "ns", "web", etcd.Scale(1), etcd.WriteOptions{ID: "c2", Op: "scale", Journal: j, MaxAttempts: 3})
-	var ce *etcd.ConflictError
-	if !errors.As(err, &ce) || ce.Attempts != 3 {
-		t.Fatalf("want a ConflictError after 3 attempts, got %v", err)
-	}
-	if got := strings.Join(j.events, " "); got != "intent:1 conflict:1 intent:2 conflict:2 intent:3 conflict:3" {
-		t.Errorf("journal events: %s", got)
 	}
 }
 
@@ -273,48 +294,51 @@ func TestWriteRules(t *testing.T) {
 	deploy, _ := s.Layout.Lookup("deployments")
 	j := &recJournal{t: t, cli: srv.Client}
 
-	// Dry run: a change, no journal, no write.
+	// A plan: a change, no journal, no write.
 	before, _, _ := s.Get(ctx, "/registry/deployments/ns/web", etcd.Linearizable)
-	ch, err := s.Update(ctx, deploy, "ns", "web", etcd.Scale(1), etcd.WriteOptions{DryRun: true})
+	ch, err := s.PlanUpdate(ctx, deploy, "ns", "web", etcd.Scale(1), etcd.WriteOptions{})
 	if err != nil || ch == nil || ch.Summary != "replicas 3 -> 1" {
-		t.Fatalf("dry run: %v %+v", err, ch)
+		t.Fatalf("plan: %v %+v", err, ch)
 	}
 	if diff := s.Codec.DiffChange(ch); !strings.Contains(diff, "-  replicas: 3") || !strings.Contains(diff, "+  replicas: 1") {
 		t.Errorf("diff:\n%s", diff)
 	}
 	after, _, _ := s.Get(ctx, "/registry/deployments/ns/web", etcd.Linearizable)
-	if after.ModRevision != before.ModRevision {
-		t.Error("dry run wrote")
+	if after.ModRevision != before.ModRevision || len(j.events) != 0 {
+		t.Error("a plan wrote")
 	}
 
-	// No change: nothing journaled.
-	if _, err := s.Update(ctx, deploy, "ns", "web", etcd.Scale(3), etcd.WriteOptions{ID: "x", Journal: j}); !errors.Is(err, etcd.ErrNoChange) || len(j.events) != 0 {
-		t.Errorf("scale to the same count: %v, events %v", err, j.events)
+	// No change: ErrNoChange, nothing to apply.
+	if _, err := s.PlanUpdate(ctx, deploy, "ns", "web", etcd.Scale(3), etcd.WriteOptions{ID: "x"}); !errors.Is(err, etcd.ErrNoChange) {
+		t.Errorf("scale to the same count: %v", err)
 	}
 
-	// Secrets are refused, even by key.
+	// Secrets are refused, even by key, when planned and when applied.
 	secrets, _ := s.Layout.Lookup("secrets")
 	srv.Client.Put(ctx, "/registry/secrets/ns/s", "k8s:enc:aescbc:v1:k:xx")
 	var re *etcd.RefusedError
-	if _, err := s.Delete(ctx, secrets, "ns", "s", etcd.WriteOptions{ID: "x", Journal: j}); !errors.As(err, &re) {
+	if _, err := s.PlanDelete(ctx, secrets, "ns", "s", etcd.WriteOptions{ID: "x"}); !errors.As(err, &re) {
 		t.Errorf("delete secret: %v", err)
 	}
-	if _, err := s.Restore(ctx, deploy, "/registry/secrets/ns/s", []byte("x"), 0, true, etcd.WriteOptions{ID: "x", Journal: j}); !errors.As(err, &re) {
+	if _, err := s.PlanRestore(ctx, deploy, "/registry/secrets/ns/s", []byte("x"), 0, true, etcd.WriteOptions{ID: "x"}); !errors.As(err, &re) {
 		t.Errorf("restore into a secret key: %v", err)
+	}
+	if _, err := s.Apply(ctx, &etcd.Change{Key: "/registry/secrets/ns/s", Resource: secrets, After: []byte("x")}, j); !errors.As(err, &re) || len(j.events) != 0 {
+		t.Errorf("apply to a secret key: %v", err)
 	}
 
 	// Delete, then restore the exact bytes (expecting absence).
-	del, err := s.Delete(ctx, deploy, "ns", "web", etcd.WriteOptions{ID: "d1", Op: "delete", Journal: j})
+	del, err := applier(t, s, j)(s.PlanDelete(ctx, deploy, "ns", "web", etcd.WriteOptions{ID: "d1", Op: "delete"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if kv, _, _ := s.Get(ctx, del.Key, etcd.Linearizable); kv != nil {
 		t.Fatal("still there after delete")
 	}
-	if _, err := s.Restore(ctx, deploy, del.Key, del.Before, del.BeforeRevision, false, etcd.WriteOptions{ID: "u1", Journal: j}); !errors.As(err, &re) {
+	if _, err := s.PlanRestore(ctx, deploy, del.Key, del.Before, del.BeforeRevision, false, etcd.WriteOptions{ID: "u1"}); !errors.As(err, &re) {
 		t.Errorf("restore expecting the old revision of a deleted key: %v", err)
 	}
-	if _, err := s.Restore(ctx, deploy, del.Key, del.Before, 0, false, etcd.WriteOptions{ID: "u1", Journal: j}); err != nil {
+	if _, err := applier(t, s, j)(s.PlanRestore(ctx, deploy, del.Key, del.Before, 0, false, etcd.WriteOptions{ID: "u1"})); err != nil {
 		t.Fatal(err)
 	}
 	kv, _, _ := s.Get(ctx, del.Key, etcd.Linearizable)
@@ -322,8 +346,12 @@ func TestWriteRules(t *testing.T) {
 		t.Error("restore did not put back the exact bytes")
 	}
 
-	// Writes without a journal are refused.
-	if _, err := s.Delete(ctx, deploy, "ns", "web", etcd.WriteOptions{}); err == nil {
+	// Applying without a journal is refused.
+	c, err := s.PlanDelete(ctx, deploy, "ns", "web", etcd.WriteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apply(ctx, c, nil); err == nil {
 		t.Error("write without a journal")
 	}
 }
@@ -338,7 +366,7 @@ func TestDaemonSetPauseResume(t *testing.T) {
 	r, _ := s.Layout.Lookup("ds")
 	orig, _, _ := s.Get(ctx, "/registry/daemonsets/kube-system/agent", etcd.Linearizable)
 	j := &recJournal{t: t, cli: srv.Client}
-	if _, err := s.Update(ctx, r, "kube-system", "agent", etcd.PauseDaemonSet("c1"), etcd.WriteOptions{ID: "c1", Journal: j}); err != nil {
+	if _, err := applier(t, s, j)(s.PlanUpdate(ctx, r, "kube-system", "agent", etcd.PauseDaemonSet("c1"), etcd.WriteOptions{ID: "c1"})); err != nil {
 		t.Fatal(err)
 	}
 	o, _ := s.GetObject(ctx, r, "kube-system", "agent", etcd.Linearizable)
@@ -346,10 +374,10 @@ func TestDaemonSetPauseResume(t *testing.T) {
 	if p.Spec.Template.Spec.NodeSelector[etcd.PauseLabel] != "true" || p.Generation != 3 || p.Annotations[etcd.PausedByAnnotation] != "c1" {
 		t.Fatalf("paused: %+v", p.ObjectMeta)
 	}
-	if _, err := s.Update(ctx, r, "kube-system", "agent", etcd.PauseDaemonSet("c2"), etcd.WriteOptions{ID: "c2", Journal: j}); !errors.Is(err, etcd.ErrNoChange) {
+	if _, err := s.PlanUpdate(ctx, r, "kube-system", "agent", etcd.PauseDaemonSet("c2"), etcd.WriteOptions{ID: "c2"}); !errors.Is(err, etcd.ErrNoChange) {
 		t.Errorf("pausing twice: %v", err)
 	}
-	if _, err := s.Update(ctx, r, "kube-system", "agent", etcd.ResumeDaemonSet(), etcd.WriteOptions{ID: "c3", Journal: j}); err != nil {
+	if _, err := applier(t, s, j)(s.PlanUpdate(ctx, r, "kube-system", "agent", etcd.ResumeDaemonSet(), etcd.WriteOptions{ID: "c3"})); err != nil {
 		t.Fatal(err)
 	}
 	o, _ = s.GetObject(ctx, r, "kube-system", "agent", etcd.Linearizable)

@@ -53,41 +53,25 @@ type Journal interface {
 	Outcome(ctx context.Context, c *Change, err error) error
 }
 
-// WriteOptions control a write.
+// WriteOptions label a planned change: its ID and op, as the journal will
+// record them when it is applied.
 type WriteOptions struct {
-	// ID and Op label the change in the journal.
 	ID string
 	Op string
-	// DryRun computes the change without journaling or writing it.
-	DryRun bool
-	// Journal records the change; writes refuse to run without one unless
-	// DryRun is set.
-	Journal Journal
-	// MaxAttempts bounds retries on conflict (DefaultMaxAttempts when 0).
-	MaxAttempts int
 }
-
-// DefaultMaxAttempts is how often a write is re-read and re-applied when
-// another writer changed the object between the read and the transaction.
-const DefaultMaxAttempts = 5
 
 // ErrNoChange is returned by an intent when the object is already as wanted.
 var ErrNoChange = errors.New("no change needed")
 
-// ConflictError is a write that kept losing compare-and-swap races.
+// ConflictError is a write whose key moved between the plan and the
+// compare-and-swap: nothing was written.
 type ConflictError struct {
 	Key      string
 	Attempts int
-	// Retrying is set on the conflicts that are journaled while another
-	// attempt follows.
-	Retrying bool
 }
 
 func (e *ConflictError) Error() string {
-	if e.Retrying {
-		return fmt.Sprintf("%s changed since it was planned (attempt %d): nothing written; planning again", e.Key, e.Attempts)
-	}
-	return fmt.Sprintf("%s changed under us %d times in a row: gave up\nhint: something keeps writing this object (a controller?); stop it or retry", e.Key, e.Attempts)
+	return fmt.Sprintf("%s changed since it was planned (attempt %d): nothing written", e.Key, e.Attempts)
 }
 
 // RefusedError is a write breakglass will not make (exit code 4).
@@ -114,61 +98,38 @@ func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
 
 // Intent computes the new value from the current one (nil when the key does
 // not exist). It returns the value to write, or del=true to delete the key,
-// or ErrNoChange. It is called again on every retry, with the new value.
+// or ErrNoChange.
 type Intent func(cur *mvccpb.KeyValue) (after []byte, del bool, summary string, err error)
 
-// Write applies an intent to one key with compare-and-swap on its
-// ModRevision (expecting revision 0, absence, when it does not exist),
-// journaling each attempt first. It returns the change that was applied
-// (or, with DryRun, the one that would be).
-func (s *Store) Write(ctx context.Context, r Resource, key string, intent Intent, o WriteOptions) (*Change, error) {
+// PlanWrite reads key and plans the change intent makes to it: the exact
+// bytes to write (or the deletion) and the ModRevision they are planned
+// against. It writes nothing: Apply writes a planned change, with
+// compare-and-swap on that revision, after the operator confirmed it.
+func (s *Store) PlanWrite(ctx context.Context, r Resource, key string, intent Intent, o WriteOptions) (*Change, error) {
 	if r.Name == "secrets" && r.Group == "" || strings.HasPrefix(key, s.Layout.Prefix+"/secrets/") {
 		return nil, &RefusedError{Reason: fmt.Sprintf("%s: breakglass does not write Secrets: their values would be journaled and shown in clear\nhint: change Secrets with kubectl once the API server answers", key)}
-	}
-	if o.Journal == nil && !o.DryRun {
-		return nil, errors.New("internal: a write needs a journal")
-	}
-	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = DefaultMaxAttempts
 	}
 	ns, name, _ := s.Layout.Parse(r, key)
 	cur, _, err := s.Get(ctx, key, Linearizable)
 	if err != nil {
 		return nil, err
 	}
-	for attempt := 1; attempt <= o.MaxAttempts; attempt++ {
-		after, del, summary, err := intent(cur)
-		c := &Change{ID: o.ID, Op: o.Op, Key: key, Resource: r, Namespace: ns, Name: name, After: after, Delete: del, Attempt: attempt, Summary: summary}
-		if cur != nil {
-			c.Before, c.BeforeRevision = cur.Value, cur.ModRevision
-		}
-		if errors.Is(err, ErrNoChange) {
-			return c, ErrNoChange
-		}
-		if err != nil {
-			return nil, err
-		}
-		if !del && c.Before != nil && bytes.Equal(after, c.Before) {
-			return c, ErrNoChange
-		}
-		if del && cur == nil {
-			return c, ErrNoChange
-		}
-		if o.DryRun {
-			return c, nil
-		}
-		now, err := s.Apply(ctx, c, o.Journal)
-		var conflict *ConflictError
-		if !errors.As(err, &conflict) {
-			return c, err
-		}
-		if attempt == o.MaxAttempts {
-			conflict.Retrying = false
-			return nil, conflict
-		}
-		cur = now
+	after, del, summary, err := intent(cur)
+	c := &Change{ID: o.ID, Op: o.Op, Key: key, Resource: r, Namespace: ns, Name: name, After: after, Delete: del, Attempt: 1, Summary: summary}
+	if cur != nil {
+		c.Before, c.BeforeRevision = cur.Value, cur.ModRevision
 	}
-	panic("unreachable")
+	switch {
+	case errors.Is(err, ErrNoChange):
+		return c, ErrNoChange
+	case err != nil:
+		return nil, err
+	case !del && c.Before != nil && bytes.Equal(after, c.Before):
+		return c, ErrNoChange
+	case del && cur == nil:
+		return c, ErrNoChange
+	}
+	return c, nil
 }
 
 // Apply makes exactly the planned change c: it journals the intent, writes
@@ -201,7 +162,7 @@ func (s *Store) Apply(ctx context.Context, c *Change, j Journal) (now *mvccpb.Ke
 	if ok {
 		return nil, j.Outcome(ctx, c, nil)
 	}
-	conflict := &ConflictError{Key: c.Key, Attempts: c.Attempt, Retrying: true}
+	conflict := &ConflictError{Key: c.Key, Attempts: c.Attempt}
 	if err := j.Outcome(ctx, c, conflict); err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
@@ -236,12 +197,12 @@ func (s *Store) cas(ctx context.Context, c *Change) (ok bool, now *mvccpb.KeyVal
 // change ("replicas 3 -> 0") or ErrNoChange.
 type Mutate func(obj runtime.Object) (summary string, err error)
 
-// Update decodes the object, applies mutate to it, and writes it back in
-// the encoding and API version it was stored in, with metadata.generation
-// bumped when the spec changed, as the API server does.
-func (s *Store) Update(ctx context.Context, r Resource, ns, name string, mutate Mutate, o WriteOptions) (*Change, error) {
+// PlanUpdate decodes the object, applies mutate to it, and plans writing it
+// back in the encoding and API version it was stored in, with
+// metadata.generation bumped when the spec changed, as the API server does.
+func (s *Store) PlanUpdate(ctx context.Context, r Resource, ns, name string, mutate Mutate, o WriteOptions) (*Change, error) {
 	key := s.Layout.Key(r, ns, name)
-	return s.Write(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
+	return s.PlanWrite(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
 		if cur == nil {
 			return nil, false, "", &NotFoundError{Resource: r, Namespace: ns, Name: name, Key: key}
 		}
@@ -287,11 +248,11 @@ func specChanged(a, b runtime.Object) bool {
 	return !equality.Semantic.DeepEqual(fa.Interface(), fb.Interface())
 }
 
-// Delete removes one object's key, compare-and-swap on the revision read.
-// Finalizers and owner references are not honoured: the key is gone.
-func (s *Store) Delete(ctx context.Context, r Resource, ns, name string, o WriteOptions) (*Change, error) {
+// PlanDelete plans removing one object's key. Finalizers and owner
+// references are not honoured: once applied, the key is gone.
+func (s *Store) PlanDelete(ctx context.Context, r Resource, ns, name string, o WriteOptions) (*Change, error) {
 	key := s.Layout.Key(r, ns, name)
-	return s.Write(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
+	return s.PlanWrite(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
 		if cur == nil {
 			return nil, false, "", &NotFoundError{Resource: r, Namespace: ns, Name: name, Key: key}
 		}
@@ -299,12 +260,12 @@ func (s *Store) Delete(ctx context.Context, r Resource, ns, name string, o Write
 	}, o)
 }
 
-// Restore puts back a previous value byte for byte (nil = the key did not
+// PlanRestore plans putting back a previous value byte for byte (nil = the key did not
 // exist, so delete it). expectRevision is the ModRevision the key must have
 // now (0 = absent); with force, any current revision is accepted and the
 // value read is what gets replaced (and journaled).
-func (s *Store) Restore(ctx context.Context, r Resource, key string, value []byte, expectRevision int64, force bool, o WriteOptions) (*Change, error) {
-	return s.Write(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
+func (s *Store) PlanRestore(ctx context.Context, r Resource, key string, value []byte, expectRevision int64, force bool, o WriteOptions) (*Change, error) {
+	return s.PlanWrite(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
 		var now int64
 		if cur != nil {
 			now = cur.ModRevision

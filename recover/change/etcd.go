@@ -40,7 +40,7 @@ func (k *Etcd) EtcdItem(c *etcd.Change, undoes string) *Item {
 // the object is already as wanted.
 func (k *Etcd) Plan(id, op, title string, write func(etcd.WriteOptions) (*etcd.Change, error)) (*Plan, error) {
 	p := &Plan{ID: id, Op: op, Title: title}
-	c, err := write(etcd.WriteOptions{DryRun: true, ID: id, Op: op})
+	c, err := write(etcd.WriteOptions{ID: id, Op: op})
 	if errors.Is(err, etcd.ErrNoChange) {
 		if c != nil {
 			it := k.EtcdItem(c, "")
@@ -83,7 +83,7 @@ func (k *Etcd) Apply(ctx context.Context, p *Plan, it *Item, j *journal.Journal)
 // Undo implements Kind: the exact bytes the change replaced, if the key
 // still has the revision the change wrote (or with force, whatever it has).
 func (k *Etcd) Undo(ctx context.Context, records []journal.Record, id string, force bool) ([]*Item, error) {
-	c, err := journal.Undo(ctx, k.Store, nil, records, journal.UndoOptions{ID: id, Force: force, DryRun: true})
+	c, err := journal.PlanUndo(ctx, k.Store, records, journal.UndoOptions{ID: id, Force: force})
 	if errors.Is(err, etcd.ErrNoChange) {
 		return nil, nil
 	}

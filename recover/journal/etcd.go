@@ -95,20 +95,20 @@ func Applied(records []Record, id string) (intent, outcome *Record, err error) {
 	return nil, nil, fmt.Errorf("change %s: was never applied: nothing to undo", id)
 }
 
-// UndoOptions control Undo.
+// UndoOptions control PlanUndo.
 type UndoOptions struct {
 	// ID is the change to undo; NewID names the undo itself.
 	ID, NewID string
 	// Force restores the previous value even if the object changed since.
-	Force  bool
-	DryRun bool
+	Force bool
 }
 
-// Undo puts back, byte for byte, the value an applied etcd change replaced
-// (deleting the key if the change created it, recreating it if the change
-// deleted it). It refuses when the key changed since the change, unless
-// Force. The undo is itself journaled, as a change that undoes o.ID.
-func Undo(ctx context.Context, s *etcd.Store, j *Journal, records []Record, o UndoOptions) (*etcd.Change, error) {
+// PlanUndo plans putting back, byte for byte, the value an applied etcd
+// change replaced (deleting the key if the change created it, recreating it
+// if the change deleted it). It refuses when the key changed since the
+// change, unless Force. The planned undo is applied like any change
+// (Store.Apply), journaled as a change that undoes o.ID.
+func PlanUndo(ctx context.Context, s *etcd.Store, records []Record, o UndoOptions) (*etcd.Change, error) {
 	intent, outcome, err := Applied(records, o.ID)
 	if err != nil {
 		return nil, err
@@ -131,7 +131,5 @@ func Undo(ctx context.Context, s *etcd.Store, j *Journal, records []Record, o Un
 	if outcome.After.Absent {
 		expect = 0
 	}
-	return s.Restore(ctx, r, intent.Target.Key, before, expect, o.Force, etcd.WriteOptions{
-		ID: o.NewID, Op: "undo", DryRun: o.DryRun, Journal: j.ForEtcd(o.ID),
-	})
+	return s.PlanRestore(ctx, r, intent.Target.Key, before, expect, o.Force, etcd.WriteOptions{ID: o.NewID, Op: "undo"})
 }

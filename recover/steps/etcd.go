@@ -35,7 +35,7 @@ func (o Object) Ref() string {
 func Scale(k *change.Etcd, o Object, replicas int32, force bool) change.Planner {
 	return etcdPlanner(k, "scale", fmt.Sprintf("scale %s %s to %d", o.Resource.GroupResource(), o.Ref(), replicas), force,
 		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
-			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.Scale(replicas), w)
+			return k.Store.PlanUpdate(ctx, o.Resource, o.Namespace, o.Name, etcd.Scale(replicas), w)
 		})
 }
 
@@ -45,7 +45,7 @@ func Scale(k *change.Etcd, o Object, replicas int32, force bool) change.Planner 
 func PauseDaemonSet(k *change.Etcd, o Object, force bool) change.Planner {
 	return etcdPlanner(k, "daemonset-pause", fmt.Sprintf("pause daemonset %s", o.Ref()), force,
 		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
-			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.PauseDaemonSet(id), w)
+			return k.Store.PlanUpdate(ctx, o.Resource, o.Namespace, o.Name, etcd.PauseDaemonSet(id), w)
 		})
 }
 
@@ -56,7 +56,7 @@ func PauseDaemonSet(k *change.Etcd, o Object, force bool) change.Planner {
 func ResumeDaemonSet(k *change.Etcd, o Object, records []journal.Record) change.Planner {
 	plan := etcdPlanner(k, "daemonset-resume", fmt.Sprintf("resume daemonset %s", o.Ref()), true,
 		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
-			return k.Store.Update(ctx, o.Resource, o.Namespace, o.Name, etcd.ResumeDaemonSet(), w)
+			return k.Store.PlanUpdate(ctx, o.Resource, o.Namespace, o.Name, etcd.ResumeDaemonSet(), w)
 		})
 	return func(ctx context.Context, id string) (*change.Plan, error) {
 		p, err := plan(ctx, id)
@@ -113,7 +113,7 @@ func resumeNote(k *change.Etcd, records []journal.Record, c *etcd.Change) string
 func Delete(k *change.Etcd, o Object, force bool) change.Planner {
 	return etcdPlanner(k, "delete", fmt.Sprintf("delete %s %s from etcd", o.Resource.GroupResource(), o.Ref()), force,
 		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
-			return k.Store.Delete(ctx, o.Resource, o.Namespace, o.Name, w)
+			return k.Store.PlanDelete(ctx, o.Resource, o.Namespace, o.Name, w)
 		})
 }
 

@@ -304,7 +304,7 @@ func PlanFlowShed(k *change.Etcd, f FlowShed) change.Planner {
 			}
 			key := k.Store.Layout.Key(o.r, "", name)
 			sub, err := k.Plan(id, OpFlowShed, p.Title, func(w etcd.WriteOptions) (*etcd.Change, error) {
-				return k.Store.Write(ctx, o.r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
+				return k.Store.PlanWrite(ctx, o.r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
 					if cur == nil {
 						return after, false, o.summary, nil
 					}

@@ -67,7 +67,7 @@ func liftFlowShed(ctx context.Context, k *change.Etcd, id, op, name, byChange st
 	var items []*change.Item
 	for _, r := range []etcd.Resource{fsR, plcR} {
 		key := k.Store.Layout.Key(r, "", name)
-		c, err := k.Store.Write(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
+		c, err := k.Store.PlanWrite(ctx, r, key, func(cur *mvccpb.KeyValue) ([]byte, bool, string, error) {
 			if cur == nil {
 				return nil, true, "", nil // nothing to delete: Write says ErrNoChange
 			}
@@ -85,7 +85,7 @@ func liftFlowShed(ctx context.Context, k *change.Etcd, id, op, name, byChange st
 				return nil, false, "", change.Refusedf("%s %s now belongs to change %s, not %s\nhint: undo %s instead, or pass --force", r.Singular, name, by, byChange, by)
 			}
 			return nil, true, fmt.Sprintf("delete %s %s", r.Singular, name), nil
-		}, etcd.WriteOptions{DryRun: true, ID: id, Op: op})
+		}, etcd.WriteOptions{ID: id, Op: op})
 		if errors.Is(err, etcd.ErrNoChange) {
 			continue
 		}
@@ -224,7 +224,7 @@ func (k *FlowControl) Undo(ctx context.Context, records []journal.Record, id str
 		if err != nil {
 			return nil, fmt.Errorf("change %s: %w", id, err)
 		}
-		c, err := s.Restore(ctx, res, r.Target.Key, r.Before.Bytes, 0, force, etcd.WriteOptions{DryRun: true, Op: "undo"})
+		c, err := s.PlanRestore(ctx, res, r.Target.Key, r.Before.Bytes, 0, force, etcd.WriteOptions{Op: "undo"})
 		var refused *etcd.RefusedError
 		if errors.As(err, &refused) {
 			return nil, &change.RefusedError{Err: err}
