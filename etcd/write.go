@@ -37,7 +37,8 @@ type Change struct {
 	// After is the value written; Delete marks a deletion.
 	After  []byte
 	Delete bool
-	// Attempt counts from 1; a conflict re-reads and tries again.
+	// Attempt counts the plans of the change, from 1 (the engine plans
+	// again when the key moved before the compare-and-swap).
 	Attempt int
 	// Revision is the etcd revision the write produced (0 until applied).
 	Revision int64
