@@ -36,13 +36,17 @@ is locked out. Recover it around the API server:
   export BREAKGLASS_INVENTORY=$LAB_DIR/breakglass.yaml
   $BIN get daemonsets -A                      # read from etcd: which DaemonSet is new?
   $BIN count pods nodes endpoints             # how expensive is each LIST?
-  $BIN daemonset pause telemetry/telemetry-agent --dry-run   # the change, as a diff
-  $BIN daemonset pause telemetry/telemetry-agent             # write it (journaled)
-  $BIN get pods -n telemetry                  # the DaemonSet controller removes its pods
+  $BIN pods list -n telemetry                 # where it runs, from each worker's containerd
+  $BIN shed apply --ttl 15m --dry-run         # nft on cp-1: only you, the control plane, etcd
+  $BIN shed apply --ttl 15m                   # the workers' LISTs are dropped; rules expire by themselves
+  $BIN pods hold --daemonset telemetry/telemetry-agent --dry-run   # the plan: etcd diff + per-node images
+  $BIN pods hold --daemonset telemetry/telemetry-agent             # stop it everywhere, keep it stopped
+  $BIN shed lift                              # let the workers back in
   $KUBECTL --kubeconfig $LAB_DIR/oncall.kubeconfig get pods -A   # kubectl answers again
-  $BIN undo CHANGE-ID                         # put it back, byte for byte
+  $BIN pods hold lift CHANGE-ID --batch 1     # later: bring the agent back, a worker at a time
 
-Also: $BIN lab status, $BIN nodes check, $BIN exec -- ctr -n k8s.io containers ls,
+Also: $BIN lab status, $BIN nodes check, $BIN shed status, $BIN pods hold list,
+$BIN daemonset pause telemetry/telemetry-agent (the owner alone), $BIN undo CHANGE-ID,
 $BIN lab incident reset --dir $LAB_DIR (end the incident),
 $BIN lab down --dir $LAB_DIR (remove the lab). See docs/user-guide.md and docs/lab.md.
 EOT
