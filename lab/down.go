@@ -23,6 +23,9 @@ func leftovers(ctx context.Context) []string {
 	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
 		out = append(out, "bridge "+bridgeName)
 	}
+	for _, l := range labLinks() {
+		out = append(out, "link "+l)
+	}
 	for _, m := range labMounts("") {
 		out = append(out, "mount "+m)
 	}
@@ -40,6 +43,21 @@ func leftovers(ctx context.Context) []string {
 
 // Leftovers is leftovers for callers outside the package (tests, status).
 func Leftovers(ctx context.Context) []string { return leftovers(ctx) }
+
+// labLinks lists the hosts' veth ends in the machine's namespace. A veth
+// pair goes when its namespace goes, but the kernel tears namespaces down
+// asynchronously (seconds later under gVisor): lab down deletes them itself,
+// so that a lab up right after it does not find them.
+func labLinks() []string {
+	ents, _ := os.ReadDir("/sys/class/net")
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), vethPrefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
 
 func labNetns() []string {
 	ents, _ := os.ReadDir("/run/netns")
@@ -215,6 +233,15 @@ func Down(ctx context.Context, dir string, log io.Writer) error {
 	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
 		if _, err := sh(ctx, "ip", "link", "del", bridgeName); err != nil {
 			problems = append(problems, err.Error())
+		}
+	}
+	for _, l := range labLinks() {
+		// Deleting one end deletes the pair; the kernel may have done it
+		// meanwhile, which is fine.
+		if _, err := sh(ctx, "ip", "link", "del", l); err != nil {
+			if _, gone := os.Stat("/sys/class/net/" + l); gone == nil {
+				problems = append(problems, err.Error())
+			}
 		}
 	}
 	// Any mount left under the lab's paths (deepest first).

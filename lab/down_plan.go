@@ -45,6 +45,9 @@ func DownPlan(ctx context.Context, dir string) ([]string, error) {
 	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
 		add("bridge " + bridgeName)
 	}
+	for _, l := range labLinks() {
+		add("link " + l)
+	}
 	mounts := labMounts(dir)
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
 	for _, m := range mounts {
