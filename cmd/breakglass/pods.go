@@ -173,9 +173,13 @@ func firstLineOf(s string) string {
 
 // selection builds the steps selection from the flags.
 func (r *podsRun) selection(ctx context.Context, o *podsOptions) (*steps.Selection, error) {
-	s := &steps.Selection{Targets: r.targets, Selector: o.sel, DaemonSet: o.daemonSet, Deployment: o.deployment, Store: r.store}
+	s := &steps.Selection{Targets: r.targets, Selector: o.sel, DaemonSet: o.daemonSet, Deployment: o.deployment, Store: r.store,
+		NarrowNodes: len(o.nodes.sel.Nodes) == 0 && o.nodes.sel.NodesFile == ""}
 	if err := s.Resolve(ctx); err != nil {
 		return nil, &usageError{err}
+	}
+	if len(s.Missing) > 0 {
+		fmt.Fprintf(r.d.ErrOut, "warning: pods of the workload run on %s, which breakglass does not know (add them to the inventory, or use --nodes-source etcd)\n", strings.Join(s.Missing, ", "))
 	}
 	return s, nil
 }
@@ -254,7 +258,7 @@ func runPodsList(ctx context.Context, d *Deps, o *podsOptions) error {
 	if err != nil {
 		return err
 	}
-	results := r.kind.List(ctx, r.targets, false, "", nil)
+	results := r.kind.List(ctx, s.Targets, false, "", nil)
 	p := newPrinter(d.Out, d.Global.Output)
 	var rows [][]string
 	failed := 0

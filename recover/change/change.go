@@ -74,15 +74,16 @@ type Skipped struct {
 	Reason string `json:"reason"`
 }
 
-// Targets counts the distinct targets of the plan's items and unchanged
-// items (nodes for node kinds, keys for etcd).
-func (p *Plan) Targets() int {
-	seen := map[journal.Target]bool{}
-	for _, it := range p.Items {
-		seen[it.Target] = true
-	}
-	for _, it := range p.Unchanged {
-		seen[it.Target] = true
+// Nodes counts the distinct nodes of the plan's items and unchanged items
+// (what a PartialError counts skipped nodes against).
+func (p *Plan) Nodes() int {
+	seen := map[string]bool{}
+	for _, list := range [][]*Item{p.Items, p.Unchanged} {
+		for _, it := range list {
+			if it.Target.Node != "" {
+				seen[it.Target.Node] = true
+			}
+		}
 	}
 	return len(seen)
 }

@@ -66,7 +66,7 @@ const DryRunID = "<change-id>"
 func (e *Engine) Run(ctx context.Context, planner Planner) (*Plan, error) {
 	p, err := e.run(ctx, planner)
 	if err == nil && p != nil && len(p.Skipped) > 0 {
-		err = &PartialError{What: p.Op, Failed: len(p.Skipped), Total: len(p.Skipped) + p.Targets()}
+		err = &PartialError{What: p.Op, Failed: len(p.Skipped), Total: len(p.Skipped) + p.Nodes()}
 	}
 	return p, err
 }

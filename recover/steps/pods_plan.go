@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -99,6 +100,13 @@ type Selection struct {
 	// Store reads Pod objects and owners from etcd; nil when etcd is not
 	// configured (then protection works from what the nodes show).
 	Store *etcd.Store
+	// NarrowNodes, with --daemonset or --deployment and no node selection
+	// of the operator's, keeps only the nodes the workload's pods are
+	// scheduled on (spec.nodeName in etcd): the others run none of them.
+	NarrowNodes bool
+	// Missing are nodes the workload's pods are scheduled on that are not
+	// among the nodes breakglass knows (inventory, --nodes-source etcd).
+	Missing []string
 }
 
 // Resolve turns --daemonset and --deployment into pod uids.
@@ -133,6 +141,24 @@ func (s *Selection) Resolve(ctx context.Context) error {
 			}
 		} else {
 			s.Selector.UIDs = uids
+		}
+		if s.NarrowNodes {
+			nodes := map[string]bool{}
+			for u := range s.Selector.UIDs {
+				if p := cluster[u]; p != nil && p.Spec.NodeName != "" {
+					nodes[p.Spec.NodeName] = true
+				}
+			}
+			// A copy: the caller's slice is shared (the kind keeps it for undo).
+			s.Targets = slices.DeleteFunc(slices.Clone(s.Targets), func(t nodeops.Target) bool { return !nodes[t.Name] })
+			var missing []string
+			for n := range nodes {
+				if !slices.ContainsFunc(s.Targets, func(t nodeops.Target) bool { return t.Name == n }) {
+					missing = append(missing, n)
+				}
+			}
+			sort.Strings(missing)
+			s.Missing = append(s.Missing, missing...)
 		}
 	}
 	return nil
