@@ -258,7 +258,7 @@ func runPodsList(ctx context.Context, d *Deps, o *podsOptions) error {
 	if err != nil {
 		return err
 	}
-	results := r.kind.List(ctx, s.Targets, false, "", nil)
+	results := r.kind.List(ctx, s.Targets, true, false, "", nil)
 	p := newPrinter(d.Out, d.Global.Output)
 	var rows [][]string
 	failed := 0

@@ -12,12 +12,18 @@
 // key and the known_hosts file (see ansibleRuns for what that means for
 // Ansible's connection reuse).
 //
-//	go run ./nodeops/bench [-rounds 5] [-real 50] [-lab-inventory .lab/breakglass.yaml] [-sim 5000] [-inflight 512] [-tools breakglass,parallel-ssh,ansible] [-cpuprofile prefix]
+// With -pods-sim, it also runs `pods stop` (the steps.Pods kind through
+// the change engine) on simulated nodes that forward containerd's socket
+// to a fake CRI server, against the handshake ceiling of the same run
+// (podsim.go).
+//
+//	go run ./nodeops/bench [-rounds 5] [-real 50] [-lab-inventory .lab/breakglass.yaml] [-sim 5000] [-inflight 512] [-tools breakglass,parallel-ssh,ansible] [-pods-sim 5000,65000] [-cpuprofile prefix]
 package main
 
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,12 +45,15 @@ func main() {
 	inflight := flag.Int("inflight", 512, "nodes in flight for the simulated runs")
 	latency := flag.Duration("latency", 20*time.Millisecond, "added latency per write in the second simulated run (0 to skip it)")
 	tools := flag.String("tools", "breakglass,parallel-ssh,ansible", "clients compared on the real sshd nodes")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of each simulated engine run's client to `prefix`-LATENCY-rROUND.prof")
+	podsSim := flag.String("pods-sim", "", "comma-separated node counts of the simulated `pods stop` runs, e.g. 5000,65000 (empty or 0 to skip)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of each simulated engine run's client to `prefix`-LATENCY-rROUND.prof; of each pods stop phase's client to prefix-pods-NODES-rROUND-PHASE.prof, and of the simulated nodes' processes during the run to prefix-pods-NODES-rROUND-nodes-P.prof; a pods stop client also writes heap profiles after each phase, prefix-pods-NODES-rROUND-PHASE.heap")
 	// The simulated nodes and each simulated run's client are child
 	// processes of the bench, so that each run's memory, goroutines and CPU
 	// are its own.
 	serve := flag.Int("serve-sim", 0, "internal: serve N simulated nodes")
-	client := flag.String("sim-client", "", "internal: run one simulated scenario's client (raw, engine or engine-reuse) and print its result")
+	serveFrom := flag.Int("serve-from", 0, "internal: with -serve-sim, the first node served")
+	client := flag.String("sim-client", "", "internal: run one simulated scenario's client (raw, engine, engine-reuse or pods-stop) and print its result")
+	helpers := flag.String("helpers", "", "internal: with -sim-client pods-stop, the `pids` of the simulated nodes' processes, whose CPU it reports")
 	labInventory := flag.String("lab-inventory", "", "compare on the sshd-only hosts (role ssh) of the lab whose inventory is `file` (breakglass lab up --ssh-hosts N) instead of sshd of the bench's own on loopback")
 	plain := flag.String("plain-client", "", "internal: run the plain x/crypto/ssh loop on the real sshd nodes listed in `file`")
 	plainTuned := flag.Bool("plain-tuned", false, "internal: with -plain-client, read ahead during the version exchange and run on one P")
@@ -55,16 +64,24 @@ func main() {
 	if *rounds < 1 {
 		check(fmt.Errorf("-rounds %d: at least 1", *rounds))
 	}
+	podSizes, err := parseSizes(*podsSim)
+	check(err)
 	switch {
 	case *serve > 0:
-		serveSim(*serve, *delay, *keyFile)
+		serveSim(*serveFrom, *serve, *delay, *keyFile)
 		return
 	case *plain != "":
 		plainClient(*plain, *plainTuned)
 		return
+	case *client == podsMode:
+		podsClient(*dirFlag, *sim, *inflight, *cpuprofile, *helpers)
+		return
 	case *client != "":
 		simClient(*client, *dirFlag, *sim, *inflight, *cpuprofile)
 		return
+	}
+	if *sim > maxSimNodes {
+		check(fmt.Errorf("-sim %d: at most %d simulated nodes", *sim, maxSimNodes))
 	}
 	dir, err := os.MkdirTemp("", "breakglass-bench-")
 	check(err)
@@ -75,6 +92,31 @@ func main() {
 	if *sim > 0 {
 		benchSim(dir, *sim, *inflight, *rounds, *latency, *cpuprofile)
 	}
+	if len(podSizes) > 0 {
+		benchPods(dir, podSizes, *inflight, *rounds, *cpuprofile)
+	}
+}
+
+// parseSizes parses -pods-sim: node counts separated by commas; 0 and
+// empty entries are skipped.
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		switch {
+		case err != nil || n < 0:
+			return nil, fmt.Errorf("-pods-sim %q: %q is not a node count", s, f)
+		case n > maxSimNodes:
+			return nil, fmt.Errorf("-pods-sim %q: at most %d simulated nodes", s, maxSimNodes)
+		case n > 0:
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 func check(err error) {
@@ -84,8 +126,55 @@ func check(err error) {
 	}
 }
 
-// simAddr is the loopback address of simulated node i: 127.88.x.y.
-func simAddr(i int) string { return fmt.Sprintf("127.88.%d.%d", 1+i/250, 1+i%250) }
+// Simulated nodes live on 127.88.1.1 to 127.88.255.250, 250 a block, then
+// on in 127.89.x.y: 127,500 in all.
+const (
+	simPerNet   = 255 * 250
+	maxSimNodes = 2 * simPerNet
+)
+
+// simAddr is the loopback address of simulated node i: 127.88.x.y, and
+// past the 63,750th node 127.89.x.y.
+func simAddr(i int) string {
+	return fmt.Sprintf("127.%d.%d.%d", 88+i/simPerNet, 1+i%simPerNet/250, 1+i%250)
+}
+
+// simIndex is the node whose address is ip, the inverse of simAddr.
+func simIndex(ip net.IP) (int, bool) {
+	v4 := ip.To4()
+	if v4 == nil || v4[0] != 127 || v4[1] < 88 || v4[1] > 89 || v4[2] < 1 || v4[3] < 1 || v4[3] > 250 {
+		return 0, false
+	}
+	return int(v4[1]-88)*simPerNet + int(v4[2]-1)*250 + int(v4[3]-1), true
+}
+
+// simName is the name of simulated node i.
+func simName(i int) string { return fmt.Sprintf("sim%05d", i) }
+
+// raiseNoFile raises this process's open file limit to at least want,
+// within the kernel's fs.nr_open, and returns the limit it got: past the
+// hard limit only where the process may raise that (root, unless a
+// container withholds CAP_SYS_RESOURCE), else to the hard limit. Its
+// child processes inherit it.
+func raiseNoFile(want uint64) uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur >= want {
+		return rl.Cur
+	}
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if limit, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && want > limit {
+			want = limit
+		}
+	}
+	up := syscall.Rlimit{Cur: want, Max: max(rl.Max, want)}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) != nil {
+		up = syscall.Rlimit{Cur: rl.Max, Max: rl.Max}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) != nil {
+			return rl.Cur
+		}
+	}
+	return up.Cur
+}
 
 // realAddr is the loopback address of real sshd node i.
 func realAddr(i int) string { return fmt.Sprintf("127.77.%d.%d", 1+i/250, 1+i%250) }

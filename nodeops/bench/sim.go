@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -28,42 +30,71 @@ import (
 	"github.com/breakglass/breakglass/nodeops/sshdtest"
 )
 
-// serveSim is the helper process: n simulated nodes, one loopback address
-// each, port 2222.
-func serveSim(n int, delay time.Duration, keyFile string) {
+// serveSim is a helper process: n simulated nodes from node from on, one
+// loopback address each, port 2222, whose forwarded containerd socket
+// reaches one fake CRI server.
+func serveSim(from, n int, delay time.Duration, keyFile string) {
+	// A listener per node, and the connections in flight.
+	raiseNoFile(uint64(n + helperSlack))
 	b, err := os.ReadFile(keyFile)
 	check(err)
 	key, err := ssh.ParsePrivateKey(b)
 	check(err)
 	srv := simssh.New(simssh.Normal, key)
 	srv.WriteDelay = delay
-	for i := 0; i < n; i++ {
+	cri := newFakeCRI(from + n)
+	defer cri.Close()
+	srv.StreamLocal = cri.StreamLocal
+	for i := from; i < from+n; i++ {
 		if _, err := srv.Listen(net.JoinHostPort(simAddr(i), "2222")); err != nil {
 			check(err)
 		}
 	}
 	fmt.Println("ready")
-	// Serve until stdin closes (the parent exits or is done).
-	bufio.NewReader(os.Stdin).ReadString('\n')
+	// Serve until stdin closes (the parent exits or is done). Each line
+	// is answered when done: "reset" runs every node's pods again, so
+	// that each round of a pods run stops running pods; "profile FILE"
+	// starts a CPU profile, "profile" alone ends it.
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "reset":
+			cri.Reset()
+		case "profile":
+			if arg == "" {
+				pprof.StopCPUProfile()
+				break
+			}
+			f, err := os.Create(arg)
+			check(err)
+			check(pprof.StartCPUProfile(f))
+		}
+		fmt.Println(cmd)
+	}
 }
 
 // simResult is what one scenario's client process reports (as JSON on its
 // stdout).
 type simResult struct {
-	Name      string        `json:"name"`
-	Nodes     int           `json:"nodes"`
-	OK        int           `json:"ok"`
-	Wall      time.Duration `json:"wall"`
-	CPU       time.Duration `json:"cpu"`
-	PeakRSS   int64         `json:"peak_rss_kib"` // above the baseline before the run
-	PeakG     int           `json:"peak_goroutines"`
-	PeakConns int64         `json:"peak_conns"`
-	FirstErr  string        `json:"first_error,omitempty"`
+	Name         string        `json:"name"`
+	Nodes        int           `json:"nodes"`
+	OK           int           `json:"ok"`
+	Wall         time.Duration `json:"wall"`
+	CPU          time.Duration `json:"cpu"`
+	PeakRSS      int64         `json:"peak_rss_kib"`       // above the baseline before the run
+	PeakRSSTotal int64         `json:"peak_rss_total_kib"` // the process's own peak, baseline included
+	PeakG        int           `json:"peak_goroutines"`
+	PeakConns    int64         `json:"peak_conns"`
+	ServerCPU    time.Duration `json:"server_cpu"` // of the simulated nodes' processes meanwhile
+	FirstErr     string        `json:"first_error,omitempty"`
 }
 
 func (r simResult) rate() float64 { return float64(r.OK) / r.Wall.Seconds() }
 
-func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profile string) {
+// writeSimKeys writes the simulated nodes' host key, the clients' key and
+// a known_hosts file for n nodes in dir, and returns the host key's path.
+func writeSimKeys(dir string, n int) string {
 	keyPath, _, err := sshdtest.WriteKey(filepath.Join(dir, "sim_host_key"))
 	check(err)
 	b, _ := os.ReadFile(keyPath)
@@ -77,6 +108,11 @@ func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profil
 		fmt.Fprintln(&kh, knownhosts.Line([]string{knownhosts.Normalize(addr)}, hostKey.PublicKey()))
 	}
 	check(os.WriteFile(filepath.Join(dir, "sim_known_hosts"), []byte(kh.String()), 0o600))
+	return keyPath
+}
+
+func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profile string) {
+	keyPath := writeSimKeys(dir, n)
 
 	type scenario struct {
 		name        string
@@ -89,7 +125,7 @@ func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profil
 		delays = append(delays, latency)
 	}
 	for _, d := range delays {
-		stop := startHelper(n, d, keyPath)
+		h := startHelper(n, d, keyPath)
 		sc := scenario{name: "breakglass engine"}
 		if d > 0 {
 			sc.name = fmt.Sprintf("breakglass engine, +%s/write", d)
@@ -122,7 +158,7 @@ func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profil
 				reuse = append(reuse, runClient("engine-reuse", dir, n, inflight, ""))
 			}
 		}
-		stop()
+		h.stop()
 		scenarios = append(scenarios, sc)
 	}
 
@@ -169,23 +205,129 @@ func rssPerConn(rs []simResult) float64 {
 	return median(collect(rs, func(r simResult) float64 { return float64(r.PeakRSS) / float64(max(r.PeakConns, 1)) }))
 }
 
-// startHelper starts the simulated nodes in another process and returns a
-// function that stops it.
-func startHelper(n int, delay time.Duration, key string) func() {
+// helperSlack is the open files a helper needs beyond one listener per
+// node: the connections in flight, and those closed but not reaped yet.
+const helperSlack = 8192
+
+// simHelper is the processes serving the simulated nodes: one, unless
+// the nodes' listeners do not fit under the open file limit of one
+// process (a container may not raise its hard limit, root or not); then
+// the nodes are split evenly between as many as it takes.
+type simHelper struct{ procs []*helperProc }
+
+type helperProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+// startHelper starts the simulated nodes in other processes.
+func startHelper(n int, delay time.Duration, key string) *simHelper {
 	self, err := os.Executable()
 	check(err)
-	cmd := exec.Command(self, "-serve-sim", strconv.Itoa(n), "-delay", delay.String(), "-key", key)
-	stdin, err := cmd.StdinPipe()
-	check(err)
-	stdout, err := cmd.StdoutPipe()
-	check(err)
-	cmd.Stderr = os.Stderr
-	check(cmd.Start())
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "ready" {
-		check(fmt.Errorf("simulated nodes did not start: %q %v", line, err))
+	// The helpers inherit the limit raised here.
+	limit := raiseNoFile(uint64(n + helperSlack))
+	per := max(int(min(limit, 1<<30))-helperSlack, 1000)
+	procs := (n + per - 1) / per
+	if procs > 1 {
+		fmt.Fprintf(os.Stderr, "open file limit %d (not raised: no CAP_SYS_RESOURCE?): %d helper processes serve the %d simulated nodes\n", limit, procs, n)
 	}
-	return func() { stdin.Close(); cmd.Wait() }
+	h := &simHelper{}
+	for p := 0; p < procs; p++ {
+		from, to := n*p/procs, n*(p+1)/procs
+		cmd := exec.Command(self, "-serve-sim", strconv.Itoa(to-from), "-serve-from", strconv.Itoa(from), "-delay", delay.String(), "-key", key)
+		stdin, err := cmd.StdinPipe()
+		check(err)
+		stdout, err := cmd.StdoutPipe()
+		check(err)
+		cmd.Stderr = os.Stderr
+		check(cmd.Start())
+		h.procs = append(h.procs, &helperProc{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)})
+	}
+	h.expect("ready", "simulated nodes did not start")
+	return h
+}
+
+// expect reads line want from every helper.
+func (h *simHelper) expect(want, what string) {
+	for _, p := range h.procs {
+		line, err := p.out.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != want {
+			check(fmt.Errorf("%s: %q %v", what, line, err))
+		}
+	}
+}
+
+// reset starts every simulated node's pods again.
+func (h *simHelper) reset() {
+	h.tell(func(int) string { return "reset" }, "simulated nodes did not reset their pods")
+}
+
+// profile starts a CPU profile of each helper, in prefix-nodes-P.prof;
+// with "", it ends them.
+func (h *simHelper) profile(prefix string) {
+	h.tell(func(p int) string {
+		if prefix == "" {
+			return "profile"
+		}
+		return fmt.Sprintf("profile %s-nodes-%d.prof", prefix, p+1)
+	}, "simulated nodes did not profile")
+}
+
+// tell sends each helper its line and waits for the answers.
+func (h *simHelper) tell(line func(p int) string, what string) {
+	for i, p := range h.procs {
+		_, err := fmt.Fprintln(p.stdin, line(i))
+		check(err)
+	}
+	h.expect(strings.Fields(line(0))[0], what)
+}
+
+// pids are the helpers' process IDs, separated by commas.
+func (h *simHelper) pids() string {
+	var s []string
+	for _, p := range h.procs {
+		s = append(s, strconv.Itoa(p.cmd.Process.Pid))
+	}
+	return strings.Join(s, ",")
+}
+
+// cpu is the CPU the helpers took so far.
+func (h *simHelper) cpu() time.Duration {
+	var d time.Duration
+	for _, p := range h.procs {
+		d += processCPU(p.cmd.Process.Pid)
+	}
+	return d
+}
+
+// processCPU is the user and system CPU process pid took so far, all its
+// threads, from /proc/PID/stat (in ticks of 10ms: USER_HZ is 100 on
+// Linux). procCPU is for the single-threaded ssh masters.
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses and
+	// may hold spaces: state is field 3, utime 14, stime 15.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// stop stops the helpers and waits for them.
+func (h *simHelper) stop() {
+	for _, p := range h.procs {
+		p.stdin.Close()
+	}
+	for _, p := range h.procs {
+		p.cmd.Wait()
+	}
 }
 
 // runClient runs one scenario's client in a fresh process.
@@ -209,10 +351,8 @@ func runClient(mode, dir string, n, inflight int, profile string) simResult {
 // x/crypto/ssh loop: the ceiling), "engine" (fanout and sshclient, as
 // exec uses them) or "engine-reuse" (the same, keeping connections).
 func simClient(mode, dir string, n, inflight int, profile string) {
-	var targets []nodeops.Target
-	for i := 0; i < n; i++ {
-		targets = append(targets, nodeops.Target{Name: fmt.Sprintf("sim%05d", i), Address: simAddr(i), Port: 2222})
-	}
+	raiseNoFile(uint64(4*inflight + 4096))
+	targets := simTargets(n)
 	clientKey := filepath.Join(dir, "sim_client_key")
 	var run func() (ok int, firstErr string)
 	var conns func() int64
@@ -278,9 +418,19 @@ func simClient(mode, dir string, n, inflight int, profile string) {
 	}
 	close(stop)
 	wg.Wait()
-	r := simResult{Name: mode, Nodes: n, OK: ok, Wall: wall, CPU: cpu, PeakRSS: procStatus("VmHWM") - baseRSS,
+	hwm := procStatus("VmHWM")
+	r := simResult{Name: mode, Nodes: n, OK: ok, Wall: wall, CPU: cpu, PeakRSS: hwm - baseRSS, PeakRSSTotal: hwm,
 		PeakG: int(peakG.Load()), PeakConns: conns(), FirstErr: firstErr}
 	check(json.NewEncoder(os.Stdout).Encode(r))
+}
+
+// simTargets are the n simulated nodes.
+func simTargets(n int) []nodeops.Target {
+	targets := make([]nodeops.Target, n)
+	for i := range targets {
+		targets[i] = nodeops.Target{Name: simName(i), Address: simAddr(i), Port: 2222}
+	}
+	return targets
 }
 
 // rawHandshakes is the ceiling: plain x/crypto/ssh connection setups (dial,

@@ -87,6 +87,14 @@ func Connect(ctx context.Context, name string, dial Dialer) (*Node, error) {
 		// node's containerd that restarts mid-run is reached again.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, MaxDelay: time.Second}, MinConnectTimeout: 5 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		// A fixed 1 MiB window: gRPC's bandwidth estimator would send a
+		// ping with every response, each an SSH packet of its own. Small
+		// buffers: a run over tens of thousands of nodes holds one
+		// connection per node in flight, and CRI messages are small.
+		grpc.WithInitialWindowSize(1<<20),
+		grpc.WithInitialConnWindowSize(1<<20),
+		grpc.WithReadBufferSize(4<<10),
+		grpc.WithWriteBufferSize(4<<10),
 	)
 	if err != nil {
 		first.Close()
@@ -183,9 +191,10 @@ func containerState(s runtimeapi.ContainerState) string {
 	return "unknown"
 }
 
-// List returns the node's pods, from its sandboxes and containers (two CRI
-// calls), sorted by namespace and name.
-func (n *Node) List(ctx context.Context) ([]Pod, error) {
+// Pods returns the node's pods, from its sandboxes and containers (two CRI
+// calls), sorted by namespace and name. Containers show their image ID as
+// their image; List adds the names the node has for it.
+func (n *Node) Pods(ctx context.Context) ([]Pod, error) {
 	sb, err := n.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: CRI ListPodSandbox: %w", n.Name, err)
@@ -193,6 +202,32 @@ func (n *Node) List(ctx context.Context) ([]Pod, error) {
 	cs, err := n.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: CRI ListContainers: %w", n.Name, err)
+	}
+	return assemble(n.Name, sb.Items, cs.Containers), nil
+}
+
+// CurrentSandbox returns the newest sandbox of the pod with uid, and its
+// name and namespace (one CRI call); ok is false when the node has none.
+func (n *Node) CurrentSandbox(ctx context.Context, uid string) (p Pod, ok bool, err error) {
+	sb, err := n.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{LabelSelector: map[string]string{LabelPodUID: uid}}})
+	if err != nil {
+		return Pod{}, false, fmt.Errorf("%s: CRI ListPodSandbox: %w", n.Name, err)
+	}
+	// The filter is the runtime's to honour: check the uid all the same.
+	for _, p := range assemble(n.Name, sb.Items, nil) {
+		if p.UID == uid {
+			return p, true, nil
+		}
+	}
+	return Pod{}, false, nil
+}
+
+// List returns the node's pods as Pods does, with the names (tags) the
+// node has for each container's image (one more CRI call).
+func (n *Node) List(ctx context.Context) ([]Pod, error) {
+	out, err := n.Pods(ctx)
+	if err != nil {
+		return nil, err
 	}
 	imgs, err := n.img.ListImages(ctx, &runtimeapi.ListImagesRequest{})
 	if err != nil {
@@ -202,7 +237,6 @@ func (n *Node) List(ctx context.Context) ([]Pod, error) {
 	for _, img := range imgs.Images {
 		tags[img.Id] = img.RepoTags
 	}
-	out := assemble(n.Name, sb.Items, cs.Containers)
 	for i := range out {
 		for j := range out[i].Containers {
 			c := &out[i].Containers[j]

@@ -43,6 +43,11 @@ type Server struct {
 	WriteDelay time.Duration
 	// ExitStatus is what Normal exec requests exit with.
 	ExitStatus uint32
+	// StreamLocal, if set, receives every direct-streamlocal@openssh.com
+	// channel (a forwarded unix socket) with the socket path the client
+	// asked for; it runs in a goroutine of its own and owns c. When nil,
+	// such channels are refused as administratively prohibited.
+	StreamLocal func(path string, c net.Conn)
 
 	cfg *ssh.ServerConfig
 	key ssh.Signer
@@ -182,6 +187,10 @@ func (s *Server) handle(c net.Conn) {
 	for nc := range chans {
 		if s.Mode == StallSession {
 			continue // never answered
+		}
+		if nc.ChannelType() == StreamLocalChannel {
+			s.openStreamLocal(sc, nc)
+			continue
 		}
 		if nc.ChannelType() != "session" {
 			nc.Reject(ssh.UnknownChannelType, "no")

@@ -293,17 +293,15 @@ func (k *Pods) applyOn(ctx context.Context, n *pods.Node, p *change.Plan, c *Nod
 	if len(c.Stop) == 0 {
 		return res, nil
 	}
-	now, err := n.List(ctx)
-	if err != nil {
-		return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "cri", Err: err}
-	}
-	byUID := map[string]pods.Pod{}
-	for _, x := range now {
-		byUID[x.UID] = x
-	}
 	var errs []error
 	for _, planned := range c.Stop {
-		cur, ok := byUID[planned.UID]
+		// The pod's sandbox now: kubelet may have made a new one since
+		// the plan.
+		cur, ok, err := n.CurrentSandbox(ctx, planned.UID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		if !ok {
 			res.Gone = append(res.Gone, planned.Ref())
 			continue
@@ -342,7 +340,7 @@ func waitOriginal(ctx context.Context, n *pods.Node, c *NodeChange) ([]string, e
 	defer cancel()
 	var waiting []string
 	for {
-		list, err := n.List(ctx)
+		list, err := n.Pods(ctx)
 		if err == nil {
 			byUID := map[string]pods.Pod{}
 			for _, x := range list {

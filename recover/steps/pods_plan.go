@@ -45,20 +45,25 @@ func (np *NodePods) image(name string) (pods.Image, bool) {
 }
 
 // List lists the pods of every target's containerd through the fan-out;
+// withTags adds the names the node has for each container's image;
 // withImages adds the image records and the sandbox image (pause, unless
 // given), which a hold and a lift plan from.
-func (k *Pods) List(ctx context.Context, targets []nodeops.Target, withImages bool, pause string, onEvent func(fanout.EventOf[NodePods])) []fanout.ResultOf[NodePods] {
+func (k *Pods) List(ctx context.Context, targets []nodeops.Target, withTags, withImages bool, pause string, onEvent func(fanout.EventOf[NodePods])) []fanout.ResultOf[NodePods] {
 	opts := fanout.OptionsOf[NodePods]{Concurrency: k.Options.Concurrency, Timeout: k.Options.Timeout,
 		Retries: k.Options.Retries, Backoff: k.Options.Backoff, Grace: k.Options.Grace, OnEvent: onEvent}
 	return fanout.RunOf(ctx, targets, opts, func(ctx context.Context, t nodeops.Target) (NodePods, error) {
 		out := NodePods{Node: t.Name}
 		err := k.Use(ctx, t, func(n *pods.Node, via string) error {
 			out.Via = via
-			list, err := n.List(ctx)
+			list := n.Pods
+			if withTags {
+				list = n.List
+			}
+			pods, err := list(ctx)
 			if err != nil {
 				return err
 			}
-			out.Pods = list
+			out.Pods = pods
 			if !withImages {
 				return nil
 			}
@@ -176,19 +181,26 @@ type found struct {
 
 func (k *Pods) find(ctx context.Context, s *Selection, withImages bool, pause string) (*found, error) {
 	f := &found{targets: map[string]nodeops.Target{}, matched: map[string][]pods.Pod{}}
-	for _, r := range k.List(ctx, s.Targets, withImages, pause, nil) {
+	// Image names are needed only to match --image.
+	for _, r := range k.List(ctx, s.Targets, s.Selector.Image != "", withImages, pause, nil) {
 		f.targets[r.Target.Name] = r.Target
 		if r.Err != nil {
 			f.skipped = append(f.skipped, change.Skipped{Target: r.Target.Name, Reason: r.Err.Error()})
 			continue
 		}
-		f.nodes = append(f.nodes, r.Output)
 		for _, p := range r.Output.Pods {
 			if s.Selector.Match(&p) {
 				f.matched[r.Target.Name] = append(f.matched[r.Target.Name], p)
 				f.count++
 			}
 		}
+		if !withImages {
+			// Only a hold looks at the other pods of a node (whether they
+			// share an image): a stop of a large fleet keeps the matches
+			// alone.
+			r.Output.Pods = nil
+		}
+		f.nodes = append(f.nodes, r.Output)
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
@@ -619,7 +631,7 @@ func PlanLift(k *Pods, ek *change.Etcd, store *etcd.Store, targets []nodeops.Tar
 			nodeTargets = append(nodeTargets, t)
 		}
 		listed := map[string]NodePods{}
-		for _, r := range k.List(ctx, nodeTargets, true, "", nil) {
+		for _, r := range k.List(ctx, nodeTargets, false, true, "", nil) {
 			if r.Err != nil {
 				p.Skipped = append(p.Skipped, change.Skipped{Target: r.Target.Name, Reason: r.Err.Error()})
 				continue
