@@ -203,6 +203,7 @@ type podWire struct {
 	Namespace  string            `json:"namespace"`
 	Name       string            `json:"name"`
 	UID        string            `json:"uid"`
+	SandboxID  string            `json:"sandboxId"`
 	State      string            `json:"state"`
 	Static     bool              `json:"static,omitempty"`
 	Created    time.Time         `json:"created"`
@@ -279,7 +280,7 @@ func runPodsList(ctx context.Context, d *Deps, o *podsOptions) error {
 			}
 			if !p.Text() {
 				if err := p.Object(podWire{Type: "pod", Node: pod.Node, Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,
-					State: pod.State, Static: pod.Static, Created: pod.Created.UTC(), Labels: pod.Labels, Containers: pod.Containers}); err != nil {
+					SandboxID: pod.SandboxID, State: pod.State, Static: pod.Static, Created: pod.Created.UTC(), Labels: pod.Labels, Containers: pod.Containers}); err != nil {
 					return err
 				}
 				continue

@@ -169,6 +169,9 @@ spec:
 	}
 	stopped := map[string]bool{}
 	for _, p := range proxies {
+		if p.SandboxID == "" {
+			t.Fatalf("pods list -o json gave %s no sandbox ID", p.Name)
+		}
 		stopped[p.SandboxID] = true
 	}
 	for _, p := range list("-n", "kube-system", "-l", "bgtest="+ds) {
