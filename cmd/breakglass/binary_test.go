@@ -140,6 +140,11 @@ func TestBinaryErrorsSayWhatFailed(t *testing.T) {
 			2, []string{`unknown command "diagnosis-please"`, "hint:"}},
 		{"bad flag value", nil, []string{"--timeout", "soon", "version"},
 			2, []string{"--timeout", "soon"}},
+		// Refused before any node is reached: there is no inventory.
+		{"shed ttl out of range", nil, []string{"shed", "apply", "--ttl", "30s"},
+			2, []string{"--ttl", "30s", "hint:"}},
+		{"shed limit without a rate", nil, []string{"shed", "apply", "--ttl", "15m", "--mode", "limit"},
+			2, []string{"--rate"}},
 		{"timed-out wait", []string{"ETCDCTL_DIAL_TIMEOUT=1s"}, []string{"--endpoints", "http://" + hung, "get", "pods"},
 			1, []string{hung, "no endpoint answered within 1s", "hint:"}},
 	}

@@ -146,6 +146,16 @@ func runShedApply(ctx context.Context, d *Deps, o *shedApplyOptions) error {
 	if o.ttl == 0 {
 		return usagef("--ttl is required: how long the rules hold on the node (e.g. --ttl 15m)")
 	}
+	// Checked here, before any node is reached, so that a bad flag is a
+	// usage error that names it.
+	if err := nft.ValidateTTL(o.ttl); err != nil {
+		return usagef("--ttl: %v", err)
+	}
+	if o.port != 0 {
+		if err := nft.ValidatePort(o.port); err != nil {
+			return usagef("--port: %v", err)
+		}
+	}
 	mode := nft.Mode(o.mode)
 	if mode != "drop" && mode != "reject" && mode != "limit" {
 		return usagef("--mode %q: must be drop, reject or limit", o.mode)
@@ -253,6 +263,9 @@ The renewal is one nft transaction per node.
 			}
 			if ttl == 0 {
 				return usagef("--ttl is required (e.g. --ttl 15m)")
+			}
+			if err := nft.ValidateTTL(ttl); err != nil {
+				return usagef("--ttl: %v", err)
 			}
 			r, err := newShedRun(cmd.Context(), d, o)
 			if err != nil {

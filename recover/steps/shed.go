@@ -231,8 +231,8 @@ func PlanShedExtend(k *Nft, targets []nodeops.Target, ttl time.Duration) change.
 				p.Notes = append(p.Notes, r.Target.Name+": no shed to extend")
 				continue
 			}
-			if ttl < time.Minute || ttl > 24*time.Hour {
-				return nil, fmt.Errorf("--ttl %s: must be between 1m and 24h", ttl)
+			if err := nft.ValidateTTL(ttl); err != nil {
+				return nil, err
 			}
 			c := &NftChange{Target: r.Target, Node: r.Target.Name, Script: nft.RenderExtend(ttl, st.Port), Before: st, PlannedAt: plannedAt(st),
 				After: plannedAt(st), Belt: ttl}
