@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer/cbor"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
-	"k8s.io/client-go/kubernetes/scheme"
 )
 
 // Encoding is how a value is stored in etcd.
@@ -105,7 +104,7 @@ func encryptionProvider(value []byte) string {
 }
 
 // Codec decodes and encodes values the way the API server does, with the
-// apimachinery serializers and the client-go scheme.
+// apimachinery serializers and the built-in API types.
 type Codec struct {
 	scheme *runtime.Scheme
 	proto  *protobuf.Serializer
@@ -113,11 +112,11 @@ type Codec struct {
 	cbor   runtime.Serializer
 }
 
-// NewCodec returns a codec for the types in the client-go scheme. Types it
+// NewCodec returns a codec for the built-in API types (builtinScheme). Types it
 // does not know (custom resources, CRDs themselves) decode as unstructured
 // (JSON, CBOR) or metadata only (protobuf).
 func NewCodec() *Codec {
-	s := scheme.Scheme
+	s := builtinScheme()
 	return &Codec{
 		scheme: s,
 		proto:  protobuf.NewSerializer(s, s),

@@ -12,8 +12,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Paths inside cp-1, laid out as kubeadm does.
@@ -203,19 +201,9 @@ func schedulerSpec(bin string) Spec {
 	}}
 }
 
-// client returns a clientset for the admin kubeconfig.
-func (l *Lab) client() (*kubernetes.Clientset, error) {
-	return clientFor(l.State.Kubeconfig, 15*time.Second)
-}
-
-func clientFor(kubeconfigPath string, timeout time.Duration) (*kubernetes.Clientset, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfigPath)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Timeout = timeout
-	cfg.QPS, cfg.Burst = 50, 100
-	return kubernetes.NewForConfig(cfg)
+// client returns a client of the lab's apiserver as its admin.
+func (l *Lab) client() (*kube, error) {
+	return newKube(l.State.Kubeconfig, 15*time.Second)
 }
 
 // waitAPIServer waits until /readyz answers ok.
@@ -229,7 +217,7 @@ func (l *Lab) waitAPIServer(ctx context.Context, timeout time.Duration) error {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		var body []byte
-		body, last = c.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
+		body, last = c.raw(rctx, "/readyz")
 		return last == nil && strings.TrimSpace(string(body)) == "ok"
 	})
 	if err != errTimeout {
@@ -258,7 +246,7 @@ func (l *Lab) bootstrapObjects(ctx context.Context) error {
 		},
 	}
 	for _, b := range bindings {
-		if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, b, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if _, err := c.ClusterRoleBindings().Create(ctx, b, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create clusterrolebinding %s: %w", b.Name, err)
 		}
 	}

@@ -99,7 +99,7 @@ func (l *Lab) apiserver429s(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	body, err := c.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	body, err := c.raw(ctx, "/metrics")
 	if err != nil {
 		return 0, err
 	}

@@ -15,7 +15,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 )
 
@@ -80,7 +79,7 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.AppsV1().DaemonSets(TelemetryNamespace).Get(ctx, TelemetryDaemonSet, metav1.GetOptions{}); err == nil {
+	if _, err := c.DaemonSets(TelemetryNamespace).Get(ctx, TelemetryDaemonSet, metav1.GetOptions{}); err == nil {
 		return nil, fmt.Errorf("the overload incident is already running (DaemonSet %s/%s exists)\nhint: run breakglass lab incident reset first", TelemetryNamespace, TelemetryDaemonSet)
 	}
 	if !l.apiserverHasDefaultFlags() {
@@ -254,27 +253,27 @@ func appendUnique(list []string, s string) []string {
 	return append(list, s)
 }
 
-func createTelemetry(ctx context.Context, c kubernetes.Interface, apiserver string) error {
+func createTelemetry(ctx context.Context, c *kube, apiserver string) error {
 	ns := TelemetryNamespace
 	labels := map[string]string{"app": TelemetryDaemonSet}
 	objs := []func() error{
 		func() error {
-			_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+			_, err := c.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 			return err
 		},
 		func() error {
-			_, err := c.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: TelemetryDaemonSet}}, metav1.CreateOptions{})
+			_, err := c.ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: TelemetryDaemonSet}}, metav1.CreateOptions{})
 			return err
 		},
 		func() error {
-			_, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+			_, err := c.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 				ObjectMeta: metav1.ObjectMeta{Name: "telemetry-agent"},
 				Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "nodes", "endpoints", "services"}, Verbs: []string{"get", "list", "watch"}}},
 			}, metav1.CreateOptions{})
 			return err
 		},
 		func() error {
-			_, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+			_, err := c.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 				ObjectMeta: metav1.ObjectMeta{Name: "telemetry-agent"},
 				RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "telemetry-agent"},
 				Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: TelemetryDaemonSet, Namespace: ns}},
@@ -282,7 +281,7 @@ func createTelemetry(ctx context.Context, c kubernetes.Interface, apiserver stri
 			return err
 		},
 		func() error {
-			_, err := c.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{
+			_, err := c.DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{
 				ObjectMeta: metav1.ObjectMeta{Name: TelemetryDaemonSet, Labels: labels},
 				Spec: appsv1.DaemonSetSpec{
 					Selector: &metav1.LabelSelector{MatchLabels: labels},
@@ -348,21 +347,21 @@ func (l *Lab) Preemption(ctx context.Context, log io.Writer) (*PreemptionResult,
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.SchedulingV1().PriorityClasses().Get(ctx, "medium", metav1.GetOptions{}); err == nil {
+	if _, err := c.PriorityClasses().Get(ctx, "medium", metav1.GetOptions{}); err == nil {
 		return nil, fmt.Errorf("the preemption incident is already running (PriorityClass medium exists)\nhint: run breakglass lab incident reset first")
 	}
-	if _, err := c.CoreV1().Namespaces().Get(ctx, IngesterNamespace, metav1.GetOptions{}); err == nil {
+	if _, err := c.Namespaces().Get(ctx, IngesterNamespace, metav1.GetOptions{}); err == nil {
 		return nil, fmt.Errorf("namespace %s exists: the preemption incident ran before and was not reset\nhint: run breakglass lab incident reset (it waits for the namespace to go)", IngesterNamespace)
 	}
 	workers := len(l.State.HostsWithRole("worker"))
 	res := &PreemptionResult{OriginalIngesters: 2 * workers}
 	for _, ns := range []string{IngesterNamespace, NewClusterNS} {
-		if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if _, err := c.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return nil, err
 		}
 	}
 	logf("starting %d production ingesters (no priority class) that fill every worker", res.OriginalIngesters)
-	if _, err := c.AppsV1().Deployments(IngesterNamespace).Create(ctx, cpuDeployment("ingester", int32(res.OriginalIngesters)), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := c.Deployments(IngesterNamespace).Create(ctx, cpuDeployment("ingester", int32(res.OriginalIngesters)), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
 	original, err := waitRunning(ctx, c, IngesterNamespace, "app=ingester", res.OriginalIngesters, 120*time.Second)
@@ -375,7 +374,7 @@ func (l *Lab) Preemption(ctx context.Context, log io.Writer) (*PreemptionResult,
 		value int32
 		def   bool
 	}{{"critical", 1000000, false}, {"high", 100000, false}, {"medium", 1000, true}, {"low", 100, false}} {
-		_, err := c.SchedulingV1().PriorityClasses().Create(ctx, &schedulingv1.PriorityClass{
+		_, err := c.PriorityClasses().Create(ctx, &schedulingv1.PriorityClass{
 			ObjectMeta: metav1.ObjectMeta{Name: pc.name}, Value: pc.value, GlobalDefault: pc.def,
 			Description: "added by breakglass lab incident preemption",
 		}, metav1.CreateOptions{})
@@ -384,19 +383,19 @@ func (l *Lab) Preemption(ctx context.Context, log io.Writer) (*PreemptionResult,
 		}
 	}
 	logf("launching a new cluster's workload: it gets the default (medium) priority")
-	if _, err := c.AppsV1().Deployments(NewClusterNS).Create(ctx, cpuDeployment("new-cluster", int32(workers)), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := c.Deployments(NewClusterNS).Create(ctx, cpuDeployment("new-cluster", int32(workers)), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
 	// The cascade is over when every original ingester is gone; if it
 	// stalls, the result says how far it went.
 	err = poll(ctx, 2*time.Second, 120*time.Second, func(ctx context.Context) bool {
-		pods, err := c.CoreV1().Pods(IngesterNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ingester"})
+		pods, err := c.Pods(IngesterNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ingester"})
 		if err != nil {
 			return false
 		}
 		left := 0
 		res.Running, res.Pending = 0, 0
-		for _, p := range pods.Items {
+		for _, p := range pods {
 			if original[p.Name] && p.DeletionTimestamp == nil {
 				left++
 			}
@@ -413,8 +412,8 @@ func (l *Lab) Preemption(ctx context.Context, log io.Writer) (*PreemptionResult,
 	if err != nil && err != errTimeout {
 		return res, err
 	}
-	if evs, err := c.CoreV1().Events(IngesterNamespace).List(ctx, metav1.ListOptions{FieldSelector: "reason=Preempted"}); err == nil {
-		res.PreemptedEvents = len(evs.Items)
+	if evs, err := c.Events(IngesterNamespace).List(ctx, metav1.ListOptions{FieldSelector: "reason=Preempted"}); err == nil {
+		res.PreemptedEvents = len(evs)
 	}
 	logf("%d of %d original ingesters preempted; %d ingesters running, %d pending", res.Evicted, res.OriginalIngesters, res.Running, res.Pending)
 	l.State.Incidents = appendUnique(l.State.Incidents, IncidentPreemption)
@@ -444,15 +443,15 @@ func cpuDeployment(name string, replicas int32) *appsv1.Deployment {
 
 // waitRunning waits for want Running pods matching selector and returns
 // their names.
-func waitRunning(ctx context.Context, c kubernetes.Interface, ns, selector string, want int, timeout time.Duration) (map[string]bool, error) {
+func waitRunning(ctx context.Context, c *kube, ns, selector string, want int, timeout time.Duration) (map[string]bool, error) {
 	names := map[string]bool{}
 	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
-		pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		pods, err := c.Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
 		if err != nil {
 			return false
 		}
 		names = map[string]bool{}
-		for _, p := range pods.Items {
+		for _, p := range pods {
 			if p.Status.Phase == corev1.PodRunning {
 				names[p.Name] = true
 			}

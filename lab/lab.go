@@ -244,14 +244,14 @@ func (l *Lab) waitNodesReady(ctx context.Context, timeout time.Duration) error {
 	want := len(l.State.HostsWithRole("worker"))
 	var status string
 	err = poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
-		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		nodes, err := c.Nodes().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			status = err.Error()
 			return false
 		}
 		ready := 0
 		var parts []string
-		for _, n := range nodes.Items {
+		for _, n := range nodes {
 			r := nodeReady(&n)
 			if r {
 				ready++

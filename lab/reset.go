@@ -8,7 +8,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // The incidents' objects: where they run their workloads, and what they
@@ -22,23 +21,23 @@ var (
 // incidentObjectLeft names one incident object the apiserver still has
 // (terminating or not), or returns "" when every one is gone. It reads as
 // the admin, whom the incident's limits exempt.
-func (l *Lab) incidentObjectLeft(ctx context.Context, c kubernetes.Interface) string {
+func (l *Lab) incidentObjectLeft(ctx context.Context, c *kube) string {
 	gone := func(err error) bool { return apierrors.IsNotFound(err) }
 	for _, ns := range incidentNamespaces {
-		if _, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); !gone(err) {
+		if _, err := c.Namespaces().Get(ctx, ns, metav1.GetOptions{}); !gone(err) {
 			return "namespace " + ns
 		}
 	}
 	for _, n := range incidentClusterRoles {
-		if _, err := c.RbacV1().ClusterRoleBindings().Get(ctx, n, metav1.GetOptions{}); !gone(err) {
+		if _, err := c.ClusterRoleBindings().Get(ctx, n, metav1.GetOptions{}); !gone(err) {
 			return "ClusterRoleBinding " + n
 		}
-		if _, err := c.RbacV1().ClusterRoles().Get(ctx, n, metav1.GetOptions{}); !gone(err) {
+		if _, err := c.ClusterRoles().Get(ctx, n, metav1.GetOptions{}); !gone(err) {
 			return "ClusterRole " + n
 		}
 	}
 	for _, n := range incidentPriorityClasses {
-		if _, err := c.SchedulingV1().PriorityClasses().Get(ctx, n, metav1.GetOptions{}); !gone(err) {
+		if _, err := c.PriorityClasses().Get(ctx, n, metav1.GetOptions{}); !gone(err) {
 			return "PriorityClass " + n
 		}
 	}
@@ -68,20 +67,20 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 	bg := metav1.DeletePropagationBackground
 	del := metav1.DeleteOptions{PropagationPolicy: &bg}
 	for _, ns := range incidentNamespaces {
-		if err := c.CoreV1().Namespaces().Delete(ctx, ns, del); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.Namespaces().Delete(ctx, ns, del); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete namespace %s: %w", ns, err)
 		}
 	}
 	for _, name := range incidentClusterRoles {
-		if err := c.RbacV1().ClusterRoleBindings().Delete(ctx, name, del); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.ClusterRoleBindings().Delete(ctx, name, del); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete ClusterRoleBinding %s: %w", name, err)
 		}
-		if err := c.RbacV1().ClusterRoles().Delete(ctx, name, del); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.ClusterRoles().Delete(ctx, name, del); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete ClusterRole %s: %w", name, err)
 		}
 	}
 	for _, pc := range incidentPriorityClasses {
-		if err := c.SchedulingV1().PriorityClasses().Delete(ctx, pc, del); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.PriorityClasses().Delete(ctx, pc, del); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete PriorityClass %s: %w", pc, err)
 		}
 	}

@@ -43,9 +43,9 @@ func (l *Lab) Status(ctx context.Context) Status {
 		st.APIServer = strings.SplitN(err.Error(), "\n", 2)[0]
 	}
 	nodes := map[string]string{}
-	if c, err := clientFor(l.State.Kubeconfig, 5*time.Second); err == nil {
-		if list, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
-			for _, n := range list.Items {
+	if c, err := newKube(l.State.Kubeconfig, 5*time.Second); err == nil {
+		if list, err := c.Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+			for _, n := range list {
 				if nodeReady(&n) {
 					nodes[n.Name] = "Ready"
 				} else {
