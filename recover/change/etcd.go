@@ -80,10 +80,11 @@ func (k *Etcd) Apply(ctx context.Context, p *Plan, it *Item, j *journal.Journal)
 	return nil
 }
 
-// Undo implements Kind: the exact bytes the change replaced, if the key
-// still has the revision the change wrote (or with force, whatever it has).
+// Undo implements Kind: the exact bytes the change replaced, for every key
+// it wrote (the last written first), if each key still has the revision the
+// change wrote (or with force, whatever it has).
 func (k *Etcd) Undo(ctx context.Context, records []journal.Record, id string, force bool) ([]*Item, error) {
-	c, err := journal.PlanUndo(ctx, k.Store, records, journal.UndoOptions{ID: id, Force: force})
+	cs, err := journal.PlanUndo(ctx, k.Store, records, journal.UndoOptions{ID: id, Force: force})
 	if errors.Is(err, etcd.ErrNoChange) {
 		return nil, nil
 	}
@@ -94,7 +95,11 @@ func (k *Etcd) Undo(ctx context.Context, records []journal.Record, id string, fo
 	if err != nil {
 		return nil, err
 	}
-	return []*Item{k.EtcdItem(c, id)}, nil
+	items := make([]*Item, len(cs))
+	for i, c := range cs {
+		items[i] = k.EtcdItem(c, id)
+	}
+	return items, nil
 }
 
 func revision(r int64) string {

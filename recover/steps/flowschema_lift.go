@@ -174,11 +174,11 @@ func listFlowSheds(ctx context.Context, s *etcd.Store, now time.Time, c etcd.Con
 }
 
 // FlowControl undoes flow-control changes whole (it owns their ops; its
-// items are etcd items, applied by the etcd kind). A change with several
-// keys needs it: the etcd kind's undo restores one key per change. Undoing
-// a shed is a lift of what the shed created, compared with the objects as
-// they are then, since the apiserver writes the FlowSchema's status as
-// soon as it sees it; undoing a lift restores the deleted bytes.
+// items are etcd items, applied by the etcd kind). Undoing a shed is a lift
+// of what the shed created, compared with the objects as they are then,
+// not a byte-for-byte restore: the apiserver writes the FlowSchema's status
+// as soon as it sees it, so the revision the shed wrote is soon gone.
+// Undoing a lift is the etcd kind's undo (the deleted bytes put back).
 type FlowControl struct{ Etcd *change.Etcd }
 
 // Name implements change.Kind.
@@ -192,66 +192,29 @@ func (k *FlowControl) Apply(context.Context, *change.Plan, *change.Item, *journa
 	return errors.New("internal: flow-control items are applied by the etcd kind")
 }
 
-// Undo implements change.Kind.
+// Undo implements change.Kind. A shed is undone by lifting it; a lift by
+// the etcd kind's own undo, which puts back the bytes it deleted.
 func (k *FlowControl) Undo(ctx context.Context, records []journal.Record, id string, force bool) ([]*change.Item, error) {
-	applied := flowAppliedIntents(records, id)
-	if len(applied) == 0 {
-		return nil, fmt.Errorf("change %s: was never applied: nothing to undo", id)
+	writes, err := journal.AppliedWrites(records, id)
+	if err != nil {
+		return nil, err
+	}
+	if writes[0].Intent.Op != OpFlowShed {
+		return k.Etcd.Undo(ctx, records, id, force)
 	}
 	var items []*change.Item
-	if applied[0].Op == OpFlowShed {
-		done := map[string]bool{}
-		for _, r := range applied {
-			if done[r.Target.Name] {
-				continue
-			}
-			done[r.Target.Name] = true
-			its, err := liftFlowShed(ctx, k.Etcd, "", "undo", r.Target.Name, id, force)
-			if err != nil {
-				return nil, err
-			}
-			items = append(items, its...)
+	done := map[string]bool{}
+	for _, w := range writes {
+		name := w.Intent.Target.Name
+		if done[name] {
+			continue
 		}
-		return items, nil
-	}
-	s := k.Etcd.Store
-	for i := len(applied) - 1; i >= 0; i-- {
-		r := applied[i]
-		if r.Before.Absent {
-			continue // a lift only deletes
-		}
-		res, err := s.Resolve(ctx, r.Target.Resource)
-		if err != nil {
-			return nil, fmt.Errorf("change %s: %w", id, err)
-		}
-		c, err := s.PlanRestore(ctx, res, r.Target.Key, r.Before.Bytes, 0, force, etcd.WriteOptions{Op: "undo"})
-		var refused *etcd.RefusedError
-		if errors.As(err, &refused) {
-			return nil, &change.RefusedError{Err: err}
-		}
+		done[name] = true
+		its, err := liftFlowShed(ctx, k.Etcd, "", "undo", name, id, force)
 		if err != nil {
 			return nil, err
 		}
-		items = append(items, k.Etcd.EtcdItem(c, id))
+		items = append(items, its...)
 	}
 	return items, nil
-}
-
-// flowAppliedIntents returns the intents of change id's etcd writes that were
-// applied, in the order they were made.
-func flowAppliedIntents(records []journal.Record, id string) []journal.Record {
-	recs := journal.Find(records, id)
-	var out []journal.Record
-	for _, r := range recs {
-		if r.Type != journal.TypeIntent || r.Kind != journal.KindEtcd || r.Before == nil {
-			continue
-		}
-		for _, o := range recs {
-			if o.Type == journal.TypeOutcome && o.Target.Key == r.Target.Key && o.Attempt == r.Attempt && o.Status == journal.StatusApplied {
-				out = append(out, r)
-				break
-			}
-		}
-	}
-	return out
 }
