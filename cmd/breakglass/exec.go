@@ -10,6 +10,7 @@ import (
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
+	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
 	"github.com/breakglass/breakglass/recover/steps"
 )
@@ -118,72 +119,100 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 	if err != nil {
 		return err
 	}
-	if d.Global.DryRun {
-		return printExecPlan(d, nodes, opts)
-	}
-	if len(nodes) > opts.confirmAbove {
-		if err := confirm(ctx, d, fmt.Sprintf("run %q on %d nodes?", opts.command, len(nodes))); err != nil {
+	k := &steps.Exec{}
+	if !d.Global.DryRun {
+		r, err := newRunner(d, &opts.ssh)
+		if err != nil {
 			return err
 		}
+		defer r.Close()
+		k.Runner = r
+		k.Options = fanoutOptions(d, &opts.ssh, nil)
 	}
-	r, err := newRunner(d, &opts.ssh)
-	if err != nil {
-		return err
+	x := &execPrinter{d: d, p: newPrinter(d.Out, d.Global.Output), opts: opts}
+	if !d.Global.DryRun {
+		x.bar = startProgress(d, "exec", len(nodes))
 	}
-	defer r.Close()
-	j, err := d.openJournal()
-	if err != nil {
-		return err
+	stream := change.NewStream(256, x.print)
+	emit := stream.Emit
+	if tap := testEventTap; tap != nil {
+		emit = func(ev change.Event) { tap(ev); stream.Emit(ev) }
 	}
-	audit, err := steps.StartExec(j, journal.NewID(d.Now()), opts.command, nodes)
-	if err != nil {
-		return err
+	e := &change.Engine{
+		Emit:        emit,
+		DryRun:      d.Global.DryRun,
+		OpenJournal: d.openJournal,
+		NewID:       func() string { return journal.NewID(d.Now()) },
 	}
-
-	bar := startProgress(d, "exec", len(nodes))
-	onEvent := bar.onEvent()
-	// -o json streams each node's line as soon as the node ends (in the
-	// order nodes end, each exactly once), so that a consumer sees the
-	// first results of a long run without waiting for the slowest node.
-	var stream *execStream
+	if !d.Global.Yes && len(nodes) > opts.confirmAbove {
+		e.Confirm = func(ctx context.Context, p *change.Plan) error {
+			stream.Flush()
+			return confirm(ctx, d, p.Title+"?")
+		}
+	}
+	e.Register(k)
+	_, err = e.Run(ctx, steps.PlanExec(opts.command, nodes))
+	stream.Close()
+	x.bar.clear()
+	var partial *change.PartialError
+	switch {
+	case x.err != nil:
+		return x.err
+	case d.Global.DryRun || k.Results == nil:
+		return err // a dry run, or nothing ran (not confirmed, no journal)
+	case err != nil && !errors.As(err, &partial) && ctx.Err() == nil:
+		// The nodes ran; their results are reported below, then the error.
+		defer fmt.Fprintf(d.ErrOut, "breakglass: %v\n", err)
+	}
+	sum := fanout.Summarize(k.Results, opts.slowest)
 	if d.Global.Output == "json" {
-		stream = &execStream{p: newPrinter(d.Out, "json"), next: onEvent}
-		onEvent = stream.event
-	}
-	results := fanout.RunCommand(ctx, r, nodes, nodeops.Command{Line: opts.command}, fanoutOptions(d, &opts.ssh, onEvent))
-	bar.clear()
-	if err := audit.Finish(results); err != nil {
-		fmt.Fprintf(d.ErrOut, "breakglass: journal: %v (the run itself is reported below)\n", err)
-	}
-	sum := fanout.Summarize(results, opts.slowest)
-	if stream != nil {
-		if stream.err != nil {
-			return stream.err
-		}
-		if err := stream.p.Object(summaryOf(sum)); err != nil {
+		// Each node's line was printed as it ended.
+		if err := x.p.Object(summaryOf(sum)); err != nil {
 			return err
 		}
-	} else if err := printExecResults(d, results, sum); err != nil {
+	} else if err := printExecResults(d, k.Results, sum); err != nil {
 		return err
 	}
-	printHints(d.ErrOut, results)
+	printHints(d.ErrOut, k.Results)
 	return finishRun(ctx, "exec", sum)
 }
 
-// execStream prints a nodeResult line for each node as it ends. Fan-out
-// events are serialised, so it needs no lock.
-type execStream struct {
+// execPrinter prints the events of an exec: the plan of a dry run; with
+// -o json each node's line as soon as the node ends (in the order nodes
+// end, each exactly once), so that a consumer sees the first results of a
+// long run without waiting for the slowest node; the progress bar.
+type execPrinter struct {
+	d    *Deps
 	p    Printer
-	next func(fanout.Event) // the progress bar, if any
-	err  error              // the first write error
+	opts *execOptions
+	bar  *progress
+	err  error // the first write error
 }
 
-func (s *execStream) event(e fanout.Event) {
-	if s.next != nil {
-		s.next(e)
+func (x *execPrinter) print(ev change.Event) {
+	var it *change.Item
+	switch ev := ev.(type) {
+	case change.PlanReady:
+		if ev.DryRun && x.err == nil {
+			x.err = printExecPlan(x.d, ev.Plan, x.opts)
+		}
+		return
+	case change.ItemApplied:
+		it = ev.Item
+	case change.ItemFailed:
+		it = ev.Item
+	default:
+		return
 	}
-	if e.Result != nil && s.err == nil {
-		s.err = s.p.Object(execResultOf(*e.Result))
+	c, ok := it.Payload.(*steps.ExecChange)
+	if !ok || c.Outcome == nil {
+		return
+	}
+	if x.bar != nil {
+		x.bar.event(fanout.Event{Result: c.Outcome})
+	}
+	if x.d.Global.Output == "json" && x.err == nil {
+		x.err = x.p.Object(execResultOf(*c.Outcome))
 	}
 }
 
@@ -302,7 +331,11 @@ type execPlanWire struct {
 	Command string `json:"command"`
 }
 
-func printExecPlan(d *Deps, nodes []nodeops.Target, opts *execOptions) error {
+func printExecPlan(d *Deps, plan *change.Plan, opts *execOptions) error {
+	nodes := make([]nodeops.Target, len(plan.Items))
+	for i, it := range plan.Items {
+		nodes[i] = it.Payload.(*steps.ExecChange).Target
+	}
 	p := newPrinter(d.Out, d.Global.Output)
 	if !p.Text() {
 		for _, n := range nodes {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/breakglass/breakglass/lab/labtest"
 	"github.com/breakglass/breakglass/nodeops/simssh"
 	"github.com/breakglass/breakglass/nodeops/sshdtest"
+	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
 )
 
@@ -358,5 +360,41 @@ func TestLabExecAndCheck(t *testing.T) {
 		if h := s.Hosts[i]; len(s.HostsWithRole("worker")) > 0 && slices.Contains(h.Roles, "worker") && l["containerd"] != "ok" {
 			t.Errorf("%s: containerd %v", h.Name, l["containerd"])
 		}
+	}
+}
+
+// exec is a change like any other: the engine's events (plan, each node
+// started and ended, applied) for every node, and an undo of it is refused
+// (exit 4) with what to look at instead.
+func TestExecThroughEngine(t *testing.T) {
+	fx := sshdtest.Start(t, 3, sshdtest.Options{})
+	inv := writeInventory(t, fx)
+	jpath := filepath.Join(t.TempDir(), "journal.jsonl")
+	var mu sync.Mutex
+	counts := map[string]int{}
+	testEventTap = func(ev change.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		name := fmt.Sprintf("%T", ev)
+		counts[name[strings.LastIndex(name, ".")+1:]]++
+	}
+	defer func() { testEventTap = nil }()
+	_, errOut, code := runArgs(t, "--inventory", inv, "--yes", "exec", "--journal", jpath, "--", "true")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	mu.Lock()
+	got := fmt.Sprint(counts)
+	mu.Unlock()
+	if want := "map[Applied:1 ItemApplied:3 ItemStarted:3 PlanReady:1 Progress:3]"; got != want {
+		t.Errorf("events %s, want %s", got, want)
+	}
+	recs, err := journal.Read(jpath)
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("journal: %v, %d records", err, len(recs))
+	}
+	_, errOut, code = runArgs(t, "--inventory", inv, "undo", "--journal", jpath, recs[0].ID)
+	if code != exitRefused || !strings.Contains(errOut, "cannot be undone") {
+		t.Errorf("undo of an exec: exit %d, stderr %q; want 4 and why", code, errOut)
 	}
 }

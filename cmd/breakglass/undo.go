@@ -79,7 +79,12 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 		_, err = e.Undo(ctx, recs, o.ID, o.Force)
 		return err
 	}
-	if found := journal.Find(recs, o.ID); len(found) > 0 && strings.HasPrefix(found[0].Op, "pods-") {
+	found := journal.Find(recs, o.ID)
+	if len(found) > 0 && found[0].Op == steps.OpExec {
+		_, err := (&steps.Exec{}).Undo(ctx, recs, o.ID, o.Force)
+		return err
+	}
+	if len(found) > 0 && strings.HasPrefix(found[0].Op, "pods-") {
 		if found[0].Op == steps.OpPodsStop {
 			fmt.Fprintf(d.ErrOut, "change %s stopped pods: nothing to put back (kubelet starts stopped pods again by itself)\n", o.ID)
 			return nil
