@@ -39,6 +39,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/breakglass/breakglass/lab/benchstat"
 )
 
 func main() {
@@ -275,12 +277,12 @@ func summarize(ss []sample) stats {
 		return out
 	}
 	walls := dur(func(s sample) time.Duration { return s.wall })
-	st.wall, st.wallMin = median(walls), slices.Min(walls)
-	st.cpu = median(dur(func(s sample) time.Duration { return s.cpu }))
-	st.etcdCPU = median(dur(func(s sample) time.Duration { return s.etcdCPU }))
-	st.serverCPU = median(dur(func(s sample) time.Duration { return s.serverCPU }))
-	st.rss = median(kib(func(s sample) int64 { return s.rss }))
-	st.serverRSS = median(kib(func(s sample) int64 { return s.serverRSS }))
+	st.wall, st.wallMin = benchstat.Median(walls), slices.Min(walls)
+	st.cpu = benchstat.Median(dur(func(s sample) time.Duration { return s.cpu }))
+	st.etcdCPU = benchstat.Median(dur(func(s sample) time.Duration { return s.etcdCPU }))
+	st.serverCPU = benchstat.Median(dur(func(s sample) time.Duration { return s.serverCPU }))
+	st.rss = benchstat.Median(kib(func(s sample) int64 { return s.rss }))
+	st.serverRSS = benchstat.Median(kib(func(s sample) int64 { return s.serverRSS }))
 	st.output = good[0].output
 	for _, s := range good[1:] {
 		if s.output != st.output {
@@ -289,18 +291,6 @@ func summarize(ss []sample) stats {
 		}
 	}
 	return st
-}
-
-// median returns the middle value of xs (the mean of the two middle values
-// when there is an even number of them).
-func median[T ~int64](xs []T) T {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }
 
 func firstLine(err error) string {

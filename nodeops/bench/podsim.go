@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/breakglass/breakglass/lab/benchstat"
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/pods"
@@ -417,8 +418,8 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 		rate := medianRate(rs)
 		fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%s\t%s\t%.0f\t%.0f%%\t%s\t%.1f MiB\t%d\t%d\t%s\t\n", name, s.Nodes, s.okMin, s.Nodes,
 			s.Wall.Round(time.Millisecond), s.wallMin.Round(time.Millisecond), rate, 100*rate/ceiling, perNode(s.CPU, s.Nodes),
-			float64(median(collect(rs, func(r simResult) int64 { return r.PeakRSSTotal })))/1024, s.PeakConns, s.PeakG,
-			perNode(median(collect(rs, func(r simResult) time.Duration { return r.ServerCPU })), s.Nodes))
+			float64(benchstat.Median(collect(rs, func(r simResult) int64 { return r.PeakRSSTotal })))/1024, s.PeakConns, s.PeakG,
+			perNode(benchstat.Median(collect(rs, func(r simResult) time.Duration { return r.ServerCPU })), s.Nodes))
 	}
 	for _, pr := range all {
 		c := medianRate(pr.raw)
@@ -442,7 +443,7 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 			pr.n, 100*ar/cr, verdict(ar >= 0.75*cr), ar, cr)
 		a, c := summarizeSim(apply), summarizeSim(pr.raw)
 		srv := func(rs []simResult) time.Duration {
-			return median(collect(rs, func(r simResult) time.Duration { return r.ServerCPU }))
+			return benchstat.Median(collect(rs, func(r simResult) time.Duration { return r.ServerCPU }))
 		}
 		fmt.Printf("                the CPU per node behind it: client %s (raw handshakes %s, %.2fx), simulated nodes %s (raw %s, %.2fx)\n",
 			perNode(a.CPU, a.Nodes), perNode(c.CPU, c.Nodes), ratio(a.CPU, c.CPU), perNode(srv(apply), a.Nodes), perNode(srv(pr.raw), c.Nodes),

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/breakglass/breakglass/lab/benchstat"
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/simssh"
@@ -202,7 +203,7 @@ func benchSim(dir string, n, inflight, rounds int, latency time.Duration, profil
 // rssPerConn is the median over the rounds of peak RSS per peak open
 // connection, in KiB.
 func rssPerConn(rs []simResult) float64 {
-	return median(collect(rs, func(r simResult) float64 { return float64(r.PeakRSS) / float64(max(r.PeakConns, 1)) }))
+	return benchstat.Median(collect(rs, func(r simResult) float64 { return float64(r.PeakRSS) / float64(max(r.PeakConns, 1)) }))
 }
 
 // helperSlack is the open files a helper needs beyond one listener per

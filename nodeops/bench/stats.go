@@ -3,30 +3,13 @@ package main
 import (
 	"slices"
 	"time"
+
+	"github.com/breakglass/breakglass/lab/benchstat"
 )
 
 // Every client of a table runs the same number of rounds, interleaved, and
 // the tables print each client's median (and min): a client is never shown
 // at its best round beside another's single run.
-
-type number interface {
-	~int | ~int64 | ~float64
-}
-
-// median returns the middle value of xs (the mean of the two middle values
-// when there is an even number of them), or 0 for none.
-func median[T number](xs []T) T {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
 
 // collect maps each of xs to a value.
 func collect[R any, T any](xs []R, f func(R) T) []T {
@@ -64,8 +47,8 @@ func summarize(rows []row) ([]string, map[string]realStats) {
 		cpus := collect(rs, func(r row) time.Duration { return r.cpu })
 		s := realStats{tool: t, nodes: rs[0].nodes, rounds: len(rs), first: rs[0],
 			okMin:   slices.Min(collect(rs, func(r row) int { return r.ok })),
-			wallMed: median(walls), wallMin: slices.Min(walls),
-			cpuMed: median(cpus), cpuMin: slices.Min(cpus)}
+			wallMed: benchstat.Median(walls), wallMin: slices.Min(walls),
+			cpuMed: benchstat.Median(cpus), cpuMin: slices.Min(cpus)}
 		for _, r := range rs {
 			if r.reused {
 				s.reused++
@@ -91,12 +74,12 @@ func summarizeSim(rs []simResult) simStats {
 		simResult: simResult{
 			Name:      rs[0].Name,
 			Nodes:     rs[0].Nodes,
-			OK:        median(collect(rs, func(r simResult) int { return r.OK })),
-			Wall:      median(walls),
-			CPU:       median(collect(rs, func(r simResult) time.Duration { return r.CPU })),
-			PeakRSS:   median(collect(rs, func(r simResult) int64 { return r.PeakRSS })),
-			PeakG:     median(collect(rs, func(r simResult) int { return r.PeakG })),
-			PeakConns: median(collect(rs, func(r simResult) int64 { return r.PeakConns })),
+			OK:        benchstat.Median(collect(rs, func(r simResult) int { return r.OK })),
+			Wall:      benchstat.Median(walls),
+			CPU:       benchstat.Median(collect(rs, func(r simResult) time.Duration { return r.CPU })),
+			PeakRSS:   benchstat.Median(collect(rs, func(r simResult) int64 { return r.PeakRSS })),
+			PeakG:     benchstat.Median(collect(rs, func(r simResult) int { return r.PeakG })),
+			PeakConns: benchstat.Median(collect(rs, func(r simResult) int64 { return r.PeakConns })),
 		},
 		rounds:  len(rs),
 		wallMin: slices.Min(walls),
@@ -106,5 +89,5 @@ func summarizeSim(rs []simResult) simStats {
 
 // medianRate is the median of the rounds' nodes/s.
 func medianRate(rs []simResult) float64 {
-	return median(collect(rs, func(r simResult) float64 { return r.rate() }))
+	return benchstat.Median(collect(rs, func(r simResult) float64 { return r.rate() }))
 }

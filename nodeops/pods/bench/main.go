@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/breakglass/breakglass/lab"
+	"github.com/breakglass/breakglass/lab/benchstat"
 )
 
 func main() {
@@ -49,7 +50,7 @@ func main() {
 		cpus = append(cpus, cpu)
 		fmt.Fprintf(os.Stderr, "round %d: %d pods on %d workers stopped in %s (client CPU %s)\n", r, stopped, workers, wall.Round(time.Millisecond), cpu.Round(time.Millisecond))
 	}
-	w, c := median(walls), median(cpus)
+	w, c := benchstat.Median(walls), benchstat.Median(cpus)
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CLIENT\tWORKERS\tPODS\tROUNDS\tWALL (median)\tWALL (min)\tPODS/S\tCLIENT CPU\tCPU/NODE\tCPU/POD")
 	fmt.Fprintf(tw, "breakglass pods stop\t%d\t%d\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\n", workers, *pods, *rounds,
@@ -165,12 +166,6 @@ func (b *bench) stop() (time.Duration, time.Duration, int) {
 		}
 	}
 	return wall, cpu, stopped
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func check(err error) {
