@@ -17,6 +17,8 @@ import (
 	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/selector"
 	"github.com/breakglass/breakglass/nodeops/sshclient"
+	"github.com/breakglass/breakglass/recover/change"
+	"github.com/breakglass/breakglass/recover/steps"
 )
 
 // NodeRunner is the runner a command gets from Deps.NewRunner.
@@ -291,4 +293,53 @@ func sortedLabels(m map[string]string) string {
 		parts = append(parts, k+"="+m[k])
 	}
 	return strings.Join(parts, ",")
+}
+
+// stepsEnv is what the levers are built from (recover/steps.Env): the
+// inventory, the clock and the fan-out options of the flags. The caller
+// adds the SSH client, the runner and etcd as the command needs them.
+func (d *Deps) stepsEnv(f *sshFlags) *steps.Env {
+	inv, _ := d.Inventory()
+	return &steps.Env{Inventory: inv, Now: d.Now, Fanout: fanoutOptions(d, f, nil)}
+}
+
+// addNodeSSHFlags adds the node selection and SSH flags of a command that
+// reaches nodes.
+func addNodeSSHFlags(cmd *cobra.Command, n *nodeFlags, s *sshFlags) {
+	addNodeFlags(cmd, n)
+	addSSHFlags(cmd, s)
+}
+
+// addViaFlag adds --via, how containerd's socket is reached.
+func addViaFlag(cmd *cobra.Command, via *string) {
+	cmd.Flags().StringVar(via, "via", "", "how to reach containerd's socket: auto (forward, then sudo relay), forward or sudo (default: the inventory's containerd.via)")
+}
+
+// nodeReads counts the nodes a read-only command could not read: each is
+// reported as it comes (on stderr, or as a JSON line by the caller), and
+// err turns the count into the command's error.
+type nodeReads struct {
+	what          string
+	failed, total int
+}
+
+// fail counts one node that did not answer and prints why on w (nil: the
+// caller reported it otherwise).
+func (r *nodeReads) fail(w io.Writer, node string, status nodeops.Status, err error) {
+	r.failed++
+	if w != nil {
+		fmt.Fprintf(w, "%s: %s: %v\n", node, status, err)
+	}
+}
+
+// err is the cancellation (130) first, then the failed nodes (a read-only
+// PartialError, exit 3).
+func (r *nodeReads) err(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return context.Canceled
+	}
+	if r.failed > 0 {
+		return &change.PartialError{What: r.what, Failed: r.failed, Total: r.total, ReadOnly: true}
+	}
+	return nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"time"
@@ -58,9 +57,8 @@ func addPodSelectFlags(cmd *cobra.Command, o *podsOptions) {
 	f.StringVar(&o.sel.Image, "image", "", "pods with a container whose image matches this shell `pattern`")
 	f.StringVar(&o.daemonSet, "daemonset", "", "the pods of this DaemonSet (`NAMESPACE/NAME`, resolved through etcd)")
 	f.StringVar(&o.deployment, "deployment", "", "the pods of this Deployment (`NAMESPACE/NAME`, resolved through etcd)")
-	f.StringVar(&o.via, "via", "", "how to reach containerd's socket: auto (forward, then sudo relay), forward or sudo (default: the inventory's containerd.via)")
-	addNodeFlags(cmd, &o.nodes)
-	addSSHFlags(cmd, &o.ssh)
+	addViaFlag(cmd, &o.via)
+	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
 }
 
 // podsRun is what a pods command works with: the nodes, the containerd
@@ -78,10 +76,6 @@ func (r *podsRun) Close() {
 	r.ssh.Close()
 }
 
-// keepConnectionsUpTo is the largest run whose containerd connections
-// are kept from the plan to the apply (about 100 KiB each).
-const keepConnectionsUpTo = 1000
-
 // newPodsRun resolves the nodes and prepares the containerd connections.
 // needEtcd: etcd errors are fatal; otherwise a command goes on without it
 // (with a warning when etcd is configured but does not answer).
@@ -90,14 +84,9 @@ func newPodsRun(ctx context.Context, d *Deps, o *podsOptions, needEtcd bool) (*p
 	if err != nil {
 		return nil, err
 	}
-	via := o.via
-	if via == "" {
-		via = inv.Containerd.Via
-	}
-	switch via {
-	case "auto", "forward", "sudo":
-	default:
-		return nil, usagef("--via %q: must be auto, forward or sudo", via)
+	via, err := steps.ContainerdVia(inv, o.via)
+	if err != nil {
+		return nil, &usageError{err}
 	}
 	targets, err := resolveNodes(ctx, d, &o.nodes)
 	if err != nil {
@@ -111,52 +100,21 @@ func newPodsRun(ctx context.Context, d *Deps, o *podsOptions, needEtcd bool) (*p
 	if err != nil {
 		return nil, err
 	}
-	r := &podsRun{d: d, ssh: cl, targets: targets}
-	socket := inv.Containerd.Socket
-	r.kind = &steps.Pods{
-		Connect: func(ctx context.Context, t nodeops.Target) (*pods.Node, string, error) {
-			sock := socket
-			if t.ContainerdSocket != "" {
-				sock = t.ContainerdSocket
-			}
-			var used sshclient.UnixVia
-			dial := func(ctx context.Context) (net.Conn, error) {
-				c, err := cl.DialUnix(ctx, t, sock, sshclient.UnixVia(via))
-				if err != nil {
-					return nil, err
-				}
-				used = c.Via
-				return c, nil
-			}
-			n, err := pods.Connect(ctx, t.Name, dial)
-			if err != nil {
-				return nil, "", err
-			}
-			return n, string(used), nil
-		},
-		Targets: targets,
-		Now:     d.Now,
-		// Connections are kept from plan to apply while they fit in
-		// memory; a larger fleet connects again to apply.
-		Keep: len(targets) <= keepConnectionsUpTo,
-	}
-	fo := fanoutOptions(d, &o.ssh, nil)
-	r.kind.Options = fanout.OptionsOf[steps.NodeResult]{Concurrency: fo.Concurrency, Timeout: fo.Timeout, Retries: fo.Retries}
+	env := d.stepsEnv(&o.ssh)
+	env.SSH = cl
 	if needEtcd || o.daemonSet != "" || o.deployment != "" || etcdConfigured(ctx, d) {
 		st, err := d.Etcd(ctx)
 		switch {
 		case err == nil:
-			r.store = st
-			r.kind.Store = st
-			r.kind.Etcd = &change.Etcd{Store: st}
+			env.Store = st
 		case needEtcd || o.daemonSet != "" || o.deployment != "":
-			r.Close()
+			cl.Close()
 			return nil, err
 		default:
 			fmt.Fprintf(d.ErrOut, "warning: etcd: %v\nwarning: going on without etcd: pods are protected by what the nodes show (namespace, name, labels), not by their priority class\n", firstLineOf(err.Error()))
 		}
 	}
-	return r, nil
+	return &podsRun{d: d, ssh: cl, targets: targets, store: env.Store, kind: env.Pods(targets, via)}, nil
 }
 
 // etcdConfigured reports whether etcd settings were given anywhere other
@@ -262,15 +220,15 @@ func runPodsList(ctx context.Context, d *Deps, o *podsOptions) error {
 	results := r.kind.List(ctx, s.Targets, true, false, "", nil)
 	p := newPrinter(d.Out, d.Global.Output)
 	var rows [][]string
-	failed := 0
+	reads := &nodeReads{what: "pods list", total: len(results)}
 	now := d.Now()
 	for _, res := range results {
 		if res.Err != nil {
-			failed++
 			if !p.Text() {
+				reads.fail(nil, res.Target.Name, res.Status, res.Err)
 				p.Object(podsNodeErrorWire{Type: "podsNodeError", Node: res.Target.Name, Status: string(res.Status), Error: res.Err.Error()})
 			} else {
-				fmt.Fprintf(d.ErrOut, "%s: %s: %v\n", res.Target.Name, res.Status, res.Err)
+				reads.fail(d.ErrOut, res.Target.Name, res.Status, res.Err)
 			}
 			continue
 		}
@@ -309,13 +267,7 @@ func runPodsList(ctx context.Context, d *Deps, o *podsOptions) error {
 			return err
 		}
 	}
-	if ctx.Err() != nil {
-		return context.Canceled
-	}
-	if failed > 0 {
-		return &change.PartialError{What: "pods list", Failed: failed, Total: len(results), ReadOnly: true}
-	}
-	return nil
+	return reads.err(ctx)
 }
 
 func age(d time.Duration) string {
@@ -519,9 +471,8 @@ digest it will be restored to, and the pods on the node that use the name.
 			return runPodsHoldList(cmd.Context(), d, o)
 		},
 	}
-	addNodeFlags(cmd, &o.nodes)
-	addSSHFlags(cmd, &o.ssh)
-	cmd.Flags().StringVar(&o.via, "via", "", "how to reach containerd's socket: auto, forward or sudo")
+	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
+	addViaFlag(cmd, &o.via)
 	return cmd
 }
 
@@ -550,11 +501,10 @@ func runPodsHoldList(ctx context.Context, d *Deps, o *podsOptions) error {
 		})
 	p := newPrinter(d.Out, d.Global.Output)
 	var rows [][]string
-	failed := 0
+	reads := &nodeReads{what: "pods hold list", total: len(results)}
 	for _, res := range results {
 		if res.Err != nil {
-			failed++
-			fmt.Fprintf(d.ErrOut, "%s: %s: %v\n", res.Target.Name, res.Status, res.Err)
+			reads.fail(d.ErrOut, res.Target.Name, res.Status, res.Err)
 			continue
 		}
 		for _, h := range res.Output.holds {
@@ -578,19 +528,13 @@ func runPodsHoldList(ctx context.Context, d *Deps, o *podsOptions) error {
 		}
 	}
 	if p.Text() {
-		if len(rows) == 0 && failed == 0 {
+		if len(rows) == 0 && reads.failed == 0 {
 			fmt.Fprintln(d.ErrOut, "no holds on the selected nodes")
 		} else if err := p.Table([]string{"NODE", "IMAGE", "CHANGE", "AGE", "ORIGINAL", "PODS"}, rows); err != nil {
 			return err
 		}
 	}
-	if ctx.Err() != nil {
-		return context.Canceled
-	}
-	if failed > 0 {
-		return &change.PartialError{What: "pods hold list", Failed: failed, Total: len(results), ReadOnly: true}
-	}
-	return nil
+	return reads.err(ctx)
 }
 
 func short12(s string) string {
@@ -633,9 +577,8 @@ DaemonSet resumed, the replicas put back).
 			return runPodsLift(cmd.Context(), d, o, args[0])
 		},
 	}
-	addNodeFlags(cmd, &o.nodes)
-	addSSHFlags(cmd, &o.ssh)
-	cmd.Flags().StringVar(&o.via, "via", "", "how to reach containerd's socket: auto, forward or sudo")
+	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
+	addViaFlag(cmd, &o.via)
 	cmd.Flags().IntVar(&o.batch, "batch", 0, "lift this many nodes at a time, each batch after the last one's pods run again (0: all at once)")
 	cmd.Flags().DurationVar(&o.wait, "wait", 2*time.Minute, "how long each node's pods get to run their images again")
 	addEtcdFlags(cmd, d)

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -14,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/breakglass/breakglass/nodeops"
-	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/nft"
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/steps"
@@ -49,13 +45,13 @@ type shedOptions struct {
 }
 
 func addShedNodeFlags(cmd *cobra.Command, o *shedOptions) {
-	addNodeFlags(cmd, &o.nodes)
-	addSSHFlags(cmd, &o.ssh)
+	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
 	cmd.Flags().Lookup("nodes").Usage = "nodes to shed on (default role=control-plane): names, globs, role=ROLE (add your load balancers), label=SELECTOR"
 }
 
 // shedRun is the nodes and the nft kind of a shed command.
 type shedRun struct {
+	env     *steps.Env
 	kind    *steps.Nft
 	targets []nodeops.Target
 	close   func() error
@@ -63,7 +59,7 @@ type shedRun struct {
 
 func newShedRun(ctx context.Context, d *Deps, o *shedOptions) (*shedRun, error) {
 	if len(o.nodes.sel.Nodes) == 0 && o.nodes.sel.NodesFile == "" {
-		o.nodes.sel.Nodes = []string{"role=control-plane"}
+		o.nodes.sel.Nodes = []string{steps.ShedNodes}
 	}
 	targets, err := resolveNodes(ctx, d, &o.nodes)
 	if err != nil {
@@ -73,10 +69,9 @@ func newShedRun(ctx context.Context, d *Deps, o *shedOptions) (*shedRun, error) 
 	if err != nil {
 		return nil, err
 	}
-	fo := fanoutOptions(d, &o.ssh, nil)
-	k := &steps.Nft{Runner: r, Targets: targets,
-		Options: fanout.OptionsOf[steps.NftResult]{Concurrency: fo.Concurrency, Timeout: fo.Timeout, Retries: fo.Retries}}
-	return &shedRun{kind: k, targets: targets, close: r.Close}, nil
+	env := d.stepsEnv(&o.ssh)
+	env.Runner = r
+	return &shedRun{env: env, kind: env.Nft(targets), targets: targets, close: r.Close}, nil
 }
 
 func (r *shedRun) engine(d *Deps) (*change.Engine, *change.Stream) {
@@ -163,51 +158,21 @@ func runShedApply(ctx context.Context, d *Deps, o *shedApplyOptions) error {
 	if (mode == "limit") != (o.rate > 0) {
 		return usagef("--rate goes with --mode limit, and --mode limit needs --rate N (new connections per second)")
 	}
-	for _, n := range o.noDefault {
-		if !slices.Contains([]string{"operator", "control-plane", "etcd", "loopback"}, n) {
-			return usagef("--no-default-allow %q: want operator, control-plane, etcd or loopback", n)
-		}
+	if err := steps.ValidateShedDefaults(o.noDefault); err != nil {
+		return &usageError{err}
 	}
-	allow, err := parseAllow(o.allow)
+	allow, err := steps.ParseAllow(o.allow)
 	if err != nil {
 		return usagef("%v", err)
 	}
-	inv, err := d.Inventory()
-	if err != nil {
+	if _, err := d.Inventory(); err != nil {
 		return err
 	}
-	port := o.port
-	if port == 0 {
-		port = inv.APIServer.Port
-	}
-	if port == 0 {
-		port = 6443
-	}
-	var defaults []netip.Prefix
-	if !slices.Contains(o.noDefault, "control-plane") {
-		for _, n := range inv.Nodes {
-			if n.HasRole("control-plane") {
-				if a, err := netip.ParseAddr(n.Address); err == nil {
-					defaults = append(defaults, netip.PrefixFrom(a, a.BitLen()))
-				} else if ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", n.Address); err == nil {
-					for _, a := range ips {
-						defaults = append(defaults, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-					}
-				}
-			}
-		}
-	}
-	if !slices.Contains(o.noDefault, "etcd") {
-		for _, ep := range inv.Etcd.Endpoints {
-			if u, err := url.Parse(ep); err == nil {
-				if a, err := netip.ParseAddr(u.Hostname()); err == nil && !a.IsLoopback() {
-					defaults = append(defaults, netip.PrefixFrom(a, a.BitLen()))
-				}
-			}
-		}
-	}
-	if !slices.Contains(o.noDefault, "loopback") {
-		defaults = append(defaults, netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"))
+	env := d.stepsEnv(&o.ssh)
+	port := env.ShedPort(o.port)
+	defaults, err := env.ShedDefaults(ctx, o.noDefault)
+	if err != nil {
+		return &usageError{err}
 	}
 	r, err := newShedRun(ctx, d, &o.shedOptions)
 	if err != nil {
@@ -219,28 +184,6 @@ func runShedApply(ctx context.Context, d *Deps, o *shedApplyOptions) error {
 	_, err = e.Run(ctx, steps.PlanShedApply(r.kind, r.targets, steps.ShedSpec{Port: port, Mode: mode, Rate: o.rate, TTL: o.ttl,
 		Allow: allow, Defaults: defaults, NoOperator: slices.Contains(o.noDefault, "operator")}))
 	return err
-}
-
-func parseAllow(vals []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, v := range vals {
-		for _, s := range strings.Split(v, ",") {
-			s = strings.TrimSpace(s)
-			if s == "" {
-				continue
-			}
-			if p, err := netip.ParsePrefix(s); err == nil {
-				out = append(out, p.Masked())
-				continue
-			}
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				return nil, fmt.Errorf("--allow %q: want a CIDR (10.0.0.0/8) or an address", s)
-			}
-			out = append(out, netip.PrefixFrom(a, a.BitLen()))
-		}
-	}
-	return out, nil
 }
 
 // --- shed extend, lift
@@ -399,11 +342,10 @@ func runShedStatus(ctx context.Context, d *Deps, o *shedOptions) error {
 	results := r.kind.Probe(ctx, r.targets)
 	p := newPrinter(d.Out, d.Global.Output)
 	var rows [][]string
-	failed := 0
+	reads := &nodeReads{what: "shed status", total: len(results)}
 	for _, res := range results {
 		if res.Err != nil {
-			failed++
-			fmt.Fprintf(d.ErrOut, "%s: %s: %v\n", res.Target.Name, res.Status, res.Err)
+			reads.fail(d.ErrOut, res.Target.Name, res.Status, res.Err)
 			continue
 		}
 		st := res.Output.State
@@ -451,13 +393,7 @@ func runShedStatus(ctx context.Context, d *Deps, o *shedOptions) error {
 	if err := flowStatus(ctx, d, p); err != nil {
 		return err
 	}
-	if ctx.Err() != nil {
-		return context.Canceled
-	}
-	if failed > 0 {
-		return &change.PartialError{What: "shed status", Failed: failed, Total: len(results), ReadOnly: true}
-	}
-	return nil
+	return reads.err(ctx)
 }
 
 func portText(p int) string {
