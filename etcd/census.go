@@ -228,6 +228,8 @@ type ClusterCensusOptions struct {
 // scheduling policy (PriorityClasses, preemptions), flow control, and the
 // health of the API servers, the nodes and etcd.
 type ClusterCensus struct {
+	// Time is the census's clock reading (ages are taken from it).
+	Time            time.Time         `json:"time"`
 	Revision        int64             `json:"revision"`
 	Since           time.Duration     `json:"-"`
 	Resources       []*ResourceCount  `json:"resources"`
@@ -271,7 +273,7 @@ func (s *Store) Census(ctx context.Context, o ClusterCensusOptions) (*ClusterCen
 	if o.MaxSized <= 0 {
 		o.MaxSized = 16
 	}
-	c := &ClusterCensus{Since: o.Since}
+	c := &ClusterCensus{Since: o.Since, Time: o.Now}
 	if err := s.LoadCustomResources(ctx); err != nil {
 		c.Notes = append(c.Notes, fmt.Sprintf("custom resources not counted: %v", err))
 	}

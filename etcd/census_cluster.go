@@ -189,19 +189,23 @@ type APIServers struct {
 
 // LeaseAge is a lease, who holds it and how long ago it was renewed.
 type LeaseAge struct {
-	Name   string        `json:"name"`
-	Holder string        `json:"holder,omitempty"`
-	Age    time.Duration `json:"age"`
+	Name   string `json:"name"`
+	Holder string `json:"holder,omitempty"`
+	// Age is how long ago it was renewed (-1s: never).
+	Age time.Duration `json:"-"`
+	// AgeSeconds is Age in JSON.
+	AgeSeconds float64 `json:"ageSeconds"`
 }
 
 func leaseAge(l *coordinationv1.Lease, now time.Time) LeaseAge {
-	a := LeaseAge{Name: l.Name, Age: -1}
+	a := LeaseAge{Name: l.Name, Age: -time.Second}
 	if l.Spec.HolderIdentity != nil {
 		a.Holder = *l.Spec.HolderIdentity
 	}
 	if l.Spec.RenewTime != nil {
 		a.Age = now.Sub(l.Spec.RenewTime.Time).Round(time.Second)
 	}
+	a.AgeSeconds = a.Age.Seconds()
 	return a
 }
 
@@ -255,10 +259,13 @@ type NodeHealth struct {
 	// Lease ages (kube-node-lease): the oldest, the median, and how many
 	// are older than StaleLease.
 	Leases      int           `json:"leases"`
-	OldestLease time.Duration `json:"oldestLease"`
-	MedianLease time.Duration `json:"medianLease"`
+	OldestLease time.Duration `json:"-"`
+	MedianLease time.Duration `json:"-"`
 	StaleLeases int           `json:"staleLeases"`
 	StaleOldest string        `json:"staleOldest,omitempty"`
+	// The lease ages in seconds, for JSON.
+	OldestLeaseSeconds float64 `json:"oldestLeaseSeconds"`
+	MedianLeaseSeconds float64 `json:"medianLeaseSeconds"`
 }
 
 // StaleLease is the lease age past which a node's kubelet is not renewing
@@ -294,6 +301,7 @@ func (s *Store) nodeHealth(ctx context.Context, rev int64, now time.Time) (NodeH
 	h.Leases = len(ages)
 	if len(ages) > 0 {
 		h.OldestLease, h.MedianLease = ages[len(ages)-1].Age, ages[len(ages)/2].Age
+		h.OldestLeaseSeconds, h.MedianLeaseSeconds = h.OldestLease.Seconds(), h.MedianLease.Seconds()
 		for _, a := range ages {
 			if a.Age > StaleLease {
 				h.StaleLeases++

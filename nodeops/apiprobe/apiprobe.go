@@ -112,7 +112,9 @@ type Health struct {
 	Ready   bool          `json:"ready"`
 	Code    int           `json:"code"`
 	Body    string        `json:"body,omitempty"`
-	Latency time.Duration `json:"latency"`
+	Latency time.Duration `json:"-"`
+	// LatencyMs is Latency in JSON.
+	LatencyMs int64 `json:"latencyMs"`
 	// Inflight is apiserver_current_inflight_requests by request kind
 	// (readOnly, mutating).
 	Inflight map[string]float64 `json:"inflight,omitempty"`
@@ -247,6 +249,7 @@ func Parse(out []byte) (*Health, error) {
 				h.Code, _ = strconv.Atoi(f[0])
 				if secs, err := strconv.ParseFloat(f[1], 64); err == nil {
 					h.Latency = time.Duration(secs * float64(time.Second)).Round(time.Millisecond)
+					h.LatencyMs = h.Latency.Milliseconds()
 				}
 				h.Body = strings.TrimSpace(strings.Join(f[2:], " "))
 			}
