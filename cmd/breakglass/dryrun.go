@@ -26,6 +26,7 @@ var dryRunModes = map[string]string{
 	"breakglass version":               dryRunReadOnly,
 	"breakglass get":                   dryRunReadOnly,
 	"breakglass count":                 dryRunReadOnly,
+	"breakglass diagnose":              dryRunReadOnly,
 	"breakglass nodes list":            dryRunReadOnly,
 	"breakglass nodes check":           dryRunReadOnly,
 	"breakglass lab status":            dryRunReadOnly,

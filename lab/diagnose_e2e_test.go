@@ -1,0 +1,174 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/breakglass/breakglass/lab"
+	"github.com/breakglass/breakglass/recover/diagnose"
+)
+
+// diagnosis runs the real binary's diagnose -o json against the lab and
+// decodes its report.
+func diagnosis(t *testing.T, st *lab.State) *diagnose.Report {
+	t.Helper()
+	bin := os.Getenv("BREAKGLASS_BIN")
+	if bin == "" {
+		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
+	}
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	r := b.run("diagnose", "-o", "json", "--since", "1h")
+	if r.code != 0 {
+		t.Fatalf("diagnose: exit %d\n%s", r.code, r.stderr)
+	}
+	var rep diagnose.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("diagnose -o json: %v", err)
+	}
+	text := b.run("diagnose", "--since", "1h")
+	if text.code != 0 {
+		t.Errorf("diagnose (text): exit %d", text.code)
+	}
+	// What a diagnosis costs is reported, whatever it finds: reads, one
+	// session per node and one more per control-plane node, every node.
+	hosts := len(st.Hosts)
+	if rep.Reads.Ranges == 0 || rep.Reads.Txns != 0 || rep.SSH.Nodes != hosts || rep.SSH.Failed != 0 ||
+		rep.SSH.Sessions != int64(hosts+len(st.HostsWithRole("control-plane"))) {
+		t.Errorf("cost: etcd %+v, ssh %+v (lab of %d hosts)", rep.Reads, rep.SSH, hosts)
+	}
+	if len(rep.ControlPlane) == 0 || rep.ControlPlane[0].Health == nil || rep.ControlPlane[0].Health.Code == 0 {
+		t.Errorf("control plane not read: %+v", rep.ControlPlane)
+	}
+	if rep.Census == nil || rep.Census.Nodes.Total != len(st.HostsWithRole("worker")) {
+		t.Errorf("census nodes: %+v", rep.Census)
+	}
+	t.Logf("diagnose took %d ms: %d etcd reads (%d keys, %d bytes), %d SSH sessions, %d containerd connections",
+		rep.TookMs, rep.Reads.Ranges+rep.Reads.Status, rep.Reads.Keys, rep.Reads.Bytes, rep.SSH.Sessions, rep.SSH.Containerd)
+	return &rep
+}
+
+// healthy checks a healthy lab's diagnosis: no suspect above threshold.
+func healthy(t *testing.T, st *lab.State) {
+	t.Helper()
+	rep := diagnosis(t, st)
+	if rep.Suspect != nil {
+		t.Errorf("healthy lab: top suspect %s %s (%v)", rep.Suspect.Kind, rep.Suspect.Ref(), rep.Suspect.Why)
+	}
+	for _, s := range rep.Suspects {
+		if s.AboveThreshold {
+			t.Errorf("healthy lab: suspect above threshold: %s %s score %.0f", s.Kind, s.Ref(), s.Score)
+		}
+	}
+	if cp := rep.ControlPlane[0].Health; !cp.Ready {
+		t.Errorf("healthy lab: apiserver not ready on the node: %+v", cp)
+	}
+}
+
+// TestIncidentDiagnoseOverload is issue 12's test on the real cluster: a
+// healthy lab has no suspect; under the overload incident the telemetry
+// DaemonSet is the top suspect, with connections from every worker seen
+// in each worker's /proc and named through its containerd, and the selector
+// the levers take; after the reset the lab is healthy again.
+func TestIncidentDiagnoseOverload(t *testing.T) {
+	l := incidentLab(t)
+	st := l.State
+	healthy(t, st)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	reset := func() {
+		if err := l.Reset(context.Background(), testLog{t}); err != nil {
+			t.Errorf("reset: %v", err)
+		}
+	}
+	t.Cleanup(reset)
+	if _, err := l.Overload(ctx, testLog{t}); err != nil {
+		t.Fatal(err)
+	}
+	rep := diagnosis(t, st)
+	ref := lab.TelemetryNamespace + "/" + lab.TelemetryDaemonSet
+	top := rep.Suspect
+	if top == nil || top.Kind != "DaemonSet" || top.Ref() != ref || top.Rank != 1 {
+		t.Fatalf("top suspect: %+v, want DaemonSet %s (suspects %+v)", top, ref, rep.Suspects)
+	}
+	t.Logf("top suspect %s %s score %.0f: %s", top.Kind, top.Ref(), top.Score, strings.Join(top.Why, "; "))
+	perNode := map[string]int{}
+	for _, n := range top.Evidence.PerNode {
+		perNode[n.Node] = n.Conns
+	}
+	for _, w := range st.HostsWithRole("worker") {
+		if perNode[w.Name] == 0 {
+			t.Errorf("no connections of the agent counted on %s: %v", w.Name, top.Evidence.PerNode)
+		}
+	}
+	t.Logf("agent connections per worker: %v", perNode)
+	if strings.Join(top.Selector, " ") != "--daemonset "+ref || top.ServiceAccount != ref {
+		t.Errorf("selector %v, service account %q", top.Selector, top.ServiceAccount)
+	}
+	if !top.Evidence.New || !contains(top.Evidence.Lists, "pods") || top.Evidence.Footprint == 0 {
+		t.Errorf("evidence: %+v", top.Evidence)
+	}
+	// The control-plane node sees the same clients by source address.
+	var in int
+	for _, s := range rep.ControlPlane[0].Sources {
+		if s.Node != "" && strings.HasPrefix(s.Node, "worker") {
+			in += s.Conns
+		}
+	}
+	if in < top.Evidence.Conns/2 {
+		t.Errorf("cp-1 sees %d connections from the workers, the workers %d of the agent's", in, top.Evidence.Conns)
+	}
+
+	reset()
+	healthy(t, st)
+}
+
+// TestIncidentDiagnosePreemption: under the 2019 cascade the new
+// globalDefault PriorityClass is the top suspect, and the workload whose
+// pods preempted the ingesters is named too.
+func TestIncidentDiagnosePreemption(t *testing.T) {
+	l := incidentLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if err := l.Reset(context.Background(), testLog{t}); err != nil {
+			t.Errorf("reset: %v", err)
+		}
+	})
+	res, err := l.Preemption(ctx, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.PreemptedEvents == 0 {
+		t.Fatalf("the incident made no Preempted events: %+v", res)
+	}
+	rep := diagnosis(t, l.State)
+	top := rep.Suspect
+	if top == nil || top.Kind != "PriorityClass" || top.Name != "medium" || !top.Evidence.GlobalDefault || top.Evidence.Preemptions == 0 {
+		t.Fatalf("top suspect: %+v (suspects %+v)", top, rep.Suspects)
+	}
+	var preemptor *diagnose.Suspect
+	for i, s := range rep.Suspects {
+		if s.Kind == "Deployment" && s.Ref() == lab.NewClusterNS+"/new-cluster" {
+			preemptor = &rep.Suspects[i]
+		}
+	}
+	if preemptor == nil || !preemptor.AboveThreshold || preemptor.Evidence.Preemptions == 0 {
+		t.Errorf("preempting workload %s/new-cluster: %+v", lab.NewClusterNS, preemptor)
+	}
+	t.Logf("suspects: %s (%d preemptions), then %+v", top.Name, top.Evidence.Preemptions, preemptor)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
