@@ -51,9 +51,9 @@ func TestDiagnoseJSONFromEtcd(t *testing.T) {
 			Kind, Name     string
 			AboveThreshold bool
 		} `json:"suspects"`
-		Top   *struct{ Name string } `json:"top"`
-		Reads struct{ Ranges, Txns int } `json:"etcdReads"`
-		SSH   struct{ Sessions int }     `json:"ssh"`
+		Top    *struct{ Name string }     `json:"top"`
+		Reads  struct{ Ranges, Txns int } `json:"etcdReads"`
+		SSH    struct{ Sessions int }     `json:"ssh"`
 		Census struct {
 			Resources []struct{ Resource string } `json:"resources"`
 		} `json:"census"`
