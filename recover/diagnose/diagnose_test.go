@@ -191,15 +191,32 @@ func TestRunNamesPriorityClassAndPreemptor(t *testing.T) {
 			Related:        &corev1.ObjectReference{Kind: "Pod", Namespace: "cortex-new", Name: []string{"new-cluster-6d9f7c5b8-abcde", "new-cluster-6d9f7c5b8-fghij", "new-cluster-6d9f7c5b8-abcde"}[i]},
 			Reason:         "Preempted", EventTime: metav1.NewMicroTime(recent.Time)}, "", "v1", "Event")
 	}
+	// The cascade itself: the ingesters' replacements (now with the
+	// default priority) preempt the next old ingester, more often than
+	// the new workload did; the new workload still ranks first.
+	ing := map[string]string{"app": "ingester"}
+	c.put("deployments", "cortex", "ingester", &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "cortex", Name: "ingester", CreationTimestamp: recent},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](6), Selector: &metav1.LabelSelector{MatchLabels: ing},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: ing}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}},
+		Status: appsv1.DeploymentStatus{Replicas: 6}}, "apps", "v1", "Deployment")
+	for _, victim := range []string{"ingester-d", "ingester-e", "ingester-f", "ingester-g"} {
+		c.put("events", "cortex", victim+".1", &corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: "cortex", Name: victim + ".1", CreationTimestamp: recent},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: "cortex", Name: victim},
+			Related:        &corev1.ObjectReference{Kind: "Pod", Namespace: "cortex", Name: "ingester-5f8d9c7b6-" + victim[len(victim)-1:] + "zzzz"},
+			Reason:         "Preempted", EventTime: metav1.NewMicroTime(recent.Time)}, "", "v1", "Event")
+	}
 	rep, err := diagnose.Run(context.Background(), diagnose.Env{Store: c.store, Since: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Suspects) < 2 {
+	if len(rep.Suspects) < 3 {
 		t.Fatalf("suspects: %+v", rep.Suspects)
 	}
 	top, next := rep.Suspects[0], rep.Suspects[1]
-	if top.Kind != "PriorityClass" || top.Name != "medium" || !top.AboveThreshold || top.Evidence.Preemptions != 3 || !top.Evidence.GlobalDefault {
+	if rep.Suspects[2].Ref() != "cortex/ingester" || rep.Suspects[2].Evidence.Preemptions != 4 {
+		t.Errorf("third: %+v", rep.Suspects[2])
+	}
+	if top.Kind != "PriorityClass" || top.Name != "medium" || !top.AboveThreshold || top.Evidence.Preemptions != 7 || !top.Evidence.GlobalDefault {
 		t.Errorf("top: %+v", top)
 	}
 	if next.Kind != "Deployment" || next.Ref() != "cortex-new/new-cluster" || !next.AboveThreshold || next.Evidence.Preemptions != 3 || next.Selector[1] != "cortex-new/new-cluster" {

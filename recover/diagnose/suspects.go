@@ -301,6 +301,10 @@ func preemptionSuspects(c *etcd.ClusterCensus, th Thresholds) []Suspect {
 	var preemptions int32
 	victims := map[string]bool{}
 	preemptors := map[string]int32{}
+	// across: the preemptor's pods evicted pods of another namespace (it
+	// starts a cascade), not only their own siblings (the cascade itself:
+	// a replacement with the new default priority evicting the next).
+	across := map[string]bool{}
 	for _, e := range c.Scheduling {
 		if e.Reason != "Preempted" {
 			continue
@@ -309,6 +313,9 @@ func preemptionSuspects(c *etcd.ClusterCensus, th Thresholds) []Suspect {
 		victims[e.Namespace] = true
 		if e.Related != "" {
 			preemptors[e.Related] += e.Count
+			if ns, _, _ := strings.Cut(e.Related, "/"); ns != e.Namespace {
+				across[e.Related] = true
+			}
 		}
 	}
 	if preemptions < int32(th.MinPreemptions) {
@@ -345,7 +352,8 @@ func preemptionSuspects(c *etcd.ClusterCensus, th Thresholds) []Suspect {
 		s.Commands = []string{"breakglass get priorityclasses " + pc.Name + " -o yaml"}
 		out = append(out, s)
 	}
-	// The preempting pods' owners.
+	// The preempting pods' owners, merged per workload.
+	var workloads []Suspect
 	for _, ref := range sortedKeys(preemptors) {
 		ns, name, _ := strings.Cut(ref, "/")
 		w := preemptorWorkload(c, ns, name)
@@ -360,11 +368,17 @@ func preemptionSuspects(c *etcd.ClusterCensus, th Thresholds) []Suspect {
 			s = Suspect{Kind: "Pod", Namespace: ns, Name: name, Runbook: "stop-preemptor", Selector: []string{"--namespace", ns, name}}
 		}
 		s.Evidence.Preemptions = preemptors[ref]
-		s.Why = append([]string{fmt.Sprintf("its pod %s preempted %d pod%s", ref, preemptors[ref], plural(int(preemptors[ref])))}, s.Why...)
-		s.Score = 45 + math.Min(30, 5*float64(preemptors[ref]))
+		what := "pods of its own (the cascade: replacements with the new priority evict the next)"
+		s.Score = 40 + math.Min(20, 4*float64(preemptors[ref]))
+		if across[ref] {
+			what = "pods of other workloads (it starts the cascade)"
+			s.Score += 25
+		}
+		s.Why = append([]string{fmt.Sprintf("its pod %s preempted %d %s", ref, preemptors[ref], what)}, s.Why...)
 		s.AboveThreshold = s.Score >= th.MinScore
-		out = mergeSuspect(out, s)
+		workloads = mergeSuspect(workloads, s)
 	}
+	out = append(out, workloads...)
 	for i := range out {
 		if out[i].Kind == "PriorityClass" {
 			out[i].Evidence.Preemptors = sortedKeys(preemptors)
