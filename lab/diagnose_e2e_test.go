@@ -64,8 +64,8 @@ func healthy(t *testing.T, st *lab.State) {
 			t.Errorf("healthy lab: suspect above threshold: %s %s score %.0f", s.Kind, s.Ref(), s.Score)
 		}
 	}
-	if cp := rep.ControlPlane[0].Health; !cp.Ready {
-		t.Errorf("healthy lab: apiserver not ready on the node: %+v", cp)
+	if len(rep.ControlPlane) == 0 || rep.ControlPlane[0].Health == nil || !rep.ControlPlane[0].Health.Ready {
+		t.Errorf("healthy lab: apiserver not ready on the node: %+v", rep.ControlPlane)
 	}
 }
 
@@ -115,6 +115,9 @@ func TestIncidentDiagnoseOverload(t *testing.T) {
 	}
 	// The control-plane node sees the same clients by source address.
 	var in int
+	if len(rep.ControlPlane) == 0 {
+		t.Fatal("no control-plane node in the report")
+	}
 	for _, s := range rep.ControlPlane[0].Sources {
 		if s.Node != "" && strings.HasPrefix(s.Node, "worker") {
 			in += s.Conns
