@@ -56,7 +56,7 @@ type Run struct {
 	Plans    map[int]*change.Plan
 	Rendered map[int]map[string]string
 	started  time.Time
-	healthy time.Duration
+	healthy  time.Duration
 }
 
 // RunError is a run that did not end well: which step, and why.
