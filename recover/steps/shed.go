@@ -187,7 +187,7 @@ func PlanShedApply(k *Nft, targets []nodeops.Target, s ShedSpec) change.Planner 
 			} else if !covers(allow, nt.Operator) {
 				cut = append(cut, fmt.Sprintf("%s (it sees you as %s)", r.Target.Name, nt.Operator))
 			}
-			spec := nft.Spec{Port: s.Port, Mode: s.Mode, Rate: s.Rate, Allow: nft.Merge(allow), TTL: s.TTL, Change: id}
+			spec := nft.Spec{Port: s.Port, Mode: s.Mode, Rate: s.Rate, Allow: nft.Merge(allow), TTL: s.TTL, Change: nftChangeID(id)}
 			if err := spec.Validate(); err != nil {
 				return nil, err
 			}
@@ -477,4 +477,15 @@ func jsonUnmarshal(v *journal.Value, into any) error {
 // OwnsOp: the undo of a shed is the nft kind's, whatever its records are.
 func (k *Nft) OwnsOp(op string) bool {
 	return op == OpShedApply || op == OpShedExtend || op == OpShedLift
+}
+
+// dryRunChange stands for the change ID in a dry run's nft script:
+// change.DryRunID holds characters nft's comment does not take.
+const dryRunChange = "dry-run"
+
+func nftChangeID(id string) string {
+	if id == change.DryRunID {
+		return dryRunChange
+	}
+	return id
 }
