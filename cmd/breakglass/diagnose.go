@@ -84,7 +84,7 @@ printed), 130 cancelled.`,
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.since, "since", 6*time.Hour, "how far back a workload, PriorityClass or event counts as recent")
-	f.DurationVar(&o.nodeTimeout, "node-timeout", 6*time.Second, "how long each node may take (all its sessions)")
+	f.DurationVar(&o.nodeTimeout, "node-timeout", 8*time.Second, "how long each node may take (all its sessions)")
 	f.IntVar(&o.port, "port", 0, "the API server port (default: the inventory's apiserver.port, else 6443)")
 	f.StringSliceVar(&o.kubeconfigs, "admin-kubeconfig", nil, "admin kubeconfigs to try on control-plane nodes, in order (default /etc/kubernetes/super-admin.conf,/etc/kubernetes/admin.conf)")
 	addViaFlag(cmd, &o.via)

@@ -32,8 +32,11 @@ var DefaultKubeconfigs = []string{"/etc/kubernetes/super-admin.conf", "/etc/kube
 type Options struct {
 	Port        int
 	Kubeconfigs []string
-	// RequestTimeout bounds each of the two requests (default 4s).
-	RequestTimeout time.Duration
+	// ReadyzTimeout bounds /readyz (default 2s), MetricsTimeout /metrics
+	// (default 4s: a busy API server's metrics are megabytes, slow to
+	// render when it is starved of CPU).
+	ReadyzTimeout  time.Duration
+	MetricsTimeout time.Duration
 }
 
 // metricNames are the families kept from /metrics (filtered on the node:
@@ -58,9 +61,11 @@ func Script(o Options) string {
 	if len(o.Kubeconfigs) == 0 {
 		o.Kubeconfigs = DefaultKubeconfigs
 	}
-	t := int(math.Ceil(o.RequestTimeout.Seconds()))
-	if t <= 0 {
-		t = 4
+	secs := func(d, def time.Duration) string {
+		if d <= 0 {
+			d = def
+		}
+		return strconv.FormatFloat(math.Max(0.5, d.Seconds()), 'f', 1, 64)
 	}
 	var quoted []string
 	for _, k := range o.Kubeconfigs {
@@ -84,23 +89,23 @@ v=$(field client-certificate-data); if [ -n "$v" ]; then printf '%%s' "$v" | bas
 v=$(field client-key-data); if [ -n "$v" ]; then printf '%%s' "$v" | base64 -d > "$d/key" && keyf=$d/key; fi
 v=$(field token); if [ -n "$v" ]; then printf 'Authorization: Bearer %%s\n' "$v" > "$d/hdr"; fi
 unset v
-set -- --silent --show-error --max-time %d --connect-to kubernetes:%d:127.0.0.1:%d
+set -- --silent --show-error --compressed --connect-to kubernetes:%d:127.0.0.1:%d
 if [ -n "$caf" ]; then set -- "$@" --cacert "$caf"; else set -- "$@" --insecure; fi
 if [ -n "$certf" ] && [ -n "$keyf" ]; then set -- "$@" --cert "$certf" --key "$keyf"; fi
 if [ -f "$d/hdr" ]; then set -- "$@" -H "@$d/hdr"; fi
 u=https://kubernetes:%d
-code=$(curl "$@" -o "$d/body" -w '%%{http_code} %%{time_total}' "$u/readyz" 2>"$d/err")
+code=$(curl "$@" --max-time %s -o "$d/body" -w '%%{http_code} %%{time_total}' "$u/readyz" 2>"$d/err")
 echo "R $code $(head -c 200 "$d/body" | tr -s '\r\n' '  ')"
 if [ -s "$d/err" ]; then echo "X readyz $(head -c 300 "$d/err" | tr -s '\r\n' '  ')"; fi
 : > "$d/err"
-curl "$@" -o "$d/m" "$u/metrics" 2>"$d/err"
+curl "$@" --max-time %s -o "$d/m" "$u/metrics" 2>"$d/err"
 if [ -f "$d/m" ]; then
 	grep -E %s "$d/m" | grep -v -E '^apiserver_request_total\{' | sed 's/^/M /'
 	grep -E '^apiserver_request_total\{.*code="429"' "$d/m" | sed 's/^/M /'
 fi
 if [ -s "$d/err" ]; then echo "X metrics $(head -c 300 "$d/err" | tr -s '\r\n' '  ')"; fi
 exit 0
-`, strings.Join(quoted, " "), t, o.Port, o.Port, o.Port, nodeops.ShellQuote(re))
+`, strings.Join(quoted, " "), o.Port, o.Port, o.Port, secs(o.ReadyzTimeout, 2*time.Second), secs(o.MetricsTimeout, 4*time.Second), nodeops.ShellQuote(re))
 }
 
 // Health is what one control-plane node's API server said about itself.

@@ -49,7 +49,7 @@ type Env struct {
 	Kubeconfigs []string
 	// Since is how far back a change counts as recent (default 6h).
 	Since time.Duration
-	// NodeTimeout bounds everything done on one node (default 6s);
+	// NodeTimeout bounds everything done on one node (default 8s);
 	// Concurrency is how many nodes are read at once (default 64).
 	NodeTimeout time.Duration
 	Concurrency int
@@ -177,7 +177,7 @@ func Run(ctx context.Context, env Env) (*Report, error) {
 		env.Since = 6 * time.Hour
 	}
 	if env.NodeTimeout <= 0 {
-		env.NodeTimeout = 6 * time.Second
+		env.NodeTimeout = 8 * time.Second
 	}
 	if env.Concurrency <= 0 {
 		env.Concurrency = 64
@@ -241,7 +241,13 @@ func readNode(ctx context.Context, env Env, r nodeops.Runner, crid *atomic.Int64
 		hwg.Add(1)
 		go func() {
 			defer hwg.Done()
-			out, err := r.Run(ctx, t, nodeops.Command{Line: apiprobe.Script(apiprobe.Options{Port: env.APIServerPort, Kubeconfigs: env.Kubeconfigs, RequestTimeout: env.NodeTimeout / 3})})
+			// /readyz is quick or telling; /metrics is megabytes that a
+			// CPU-starved API server renders slowly: it gets the rest of
+			// the node's time, less the session's own.
+			readyz := min(2*time.Second, env.NodeTimeout/4)
+			metrics := max(time.Second, env.NodeTimeout-readyz-1500*time.Millisecond)
+			o := apiprobe.Options{Port: env.APIServerPort, Kubeconfigs: env.Kubeconfigs, ReadyzTimeout: readyz, MetricsTimeout: metrics}
+			out, err := r.Run(ctx, t, nodeops.Command{Line: apiprobe.Script(o)})
 			if err != nil {
 				nr.hErr = err
 				return
