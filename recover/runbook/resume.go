@@ -109,10 +109,12 @@ func (e *Engine) Resume(ctx context.Context, records []journal.Record, id string
 			run.Results[rb.Steps[i].ID] = l.results[i+1]
 		}
 	}
-	if err := e.open(id); err != nil {
-		return nil, err
+	if !e.DryRun {
+		if err := e.open(id); err != nil {
+			return nil, err
+		}
 	}
-	e.emit(change.RunStarted{RunID: id, Runbook: rb.Name, Operator: e.operator(), Steps: len(rb.Steps), Resumed: true, Done: from, Time: run.started})
+	e.emit(change.RunStarted{RunID: id, Runbook: rb.Name, Operator: e.operator(), Steps: len(rb.Steps), DryRun: e.DryRun, Resumed: true, Done: from, Time: run.started})
 	for i := 0; i < from; i++ {
 		e.Session.runID, e.Session.index, e.Session.stepID = id, i+1, rb.Steps[i].ID
 		e.Session.Note("finished before (%s): not run again", run.Status[i])
@@ -157,8 +159,10 @@ func (e *Engine) Undo(ctx context.Context, records []journal.Record, id string, 
 	if step != 0 && len(list) == 0 {
 		return fmt.Errorf("run %s: step %d made no change to undo", id, step)
 	}
-	if err := e.open(id); err != nil && !e.DryRun {
-		return err
+	if !e.DryRun {
+		if err := e.open(id); err != nil {
+			return err
+		}
 	}
 	e.emit(change.RunStarted{RunID: id, Runbook: l.start.Runbook, Operator: e.operator(), Steps: len(list), DryRun: e.DryRun, Time: e.now()})
 	err = e.undoRun(ctx, id, step, list)
