@@ -24,7 +24,7 @@ type Workload struct {
 	Created   time.Time `json:"created"`
 	// Changed is the latest spec change recorded in managedFields (zero if
 	// none after creation).
-	Changed time.Time `json:"changed,omitempty"`
+	Changed time.Time `json:"changed,omitzero"`
 	// Recent: created or changed within the census's window.
 	Recent bool `json:"recent,omitempty"`
 	// Pods is how many pods it runs (a DaemonSet's: the nodes it is
