@@ -161,7 +161,9 @@ func apiserverSpec(cp Host, bin string, extra map[string]string) Spec {
 	for k, v := range extra {
 		flags[k] = v
 	}
-	return Spec{Argv: append([]string{bin}, sortedFlags(flags)...)}
+	// The cgroup a CPU cap would go in (none is set here: see
+	// overloadSpec).
+	return Spec{Argv: append([]string{bin}, sortedFlags(flags)...), Cgroup: cgroupPrefix + cp.Name + "-kube-apiserver"}
 }
 
 func sortedFlags(m map[string]string) []string {

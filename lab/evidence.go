@@ -17,16 +17,18 @@ import (
 
 // Probe is what an ordinary kubectl user saw over a series of requests.
 type Probe struct {
-	Phase     string        `json:"phase"`
-	Requests  int           `json:"requests"`
-	OK        int           `json:"ok"`
-	Throttled int           `json:"throttled"` // HTTP 429
-	TimedOut  int           `json:"timedOut"`
-	Failed    int           `json:"failed"` // other errors
-	P50       time.Duration `json:"-"`
-	Max       time.Duration `json:"-"`
-	P50Ms     int64         `json:"p50Ms"`
-	MaxMs     int64         `json:"maxMs"`
+	Phase     string `json:"phase"`
+	Requests  int    `json:"requests"`
+	OK        int    `json:"ok"`
+	Throttled int    `json:"throttled"` // HTTP 429
+	TimedOut  int    `json:"timedOut"`
+	Failed    int    `json:"failed"` // other errors
+	// Slow counts the requests that answered but slower than the SLO.
+	Slow  int           `json:"slow"`
+	P50   time.Duration `json:"-"`
+	Max   time.Duration `json:"-"`
+	P50Ms int64         `json:"p50Ms"`
+	MaxMs int64         `json:"maxMs"`
 	// Rejected429 is the API server's own count of 429s so far
 	// (apiserver_request_total{code="429"}).
 	Rejected429 int64 `json:"rejected429"`
@@ -69,6 +71,9 @@ func (l *Lab) probeAPI(ctx context.Context, phase string, n int, timeout time.Du
 				p.Throttled++
 			case resp.StatusCode < 300:
 				p.OK++
+				if d >= SLO {
+					p.Slow++
+				}
 			default:
 				p.Failed++
 			}
@@ -119,8 +124,35 @@ func (l *Lab) apiserver429s(ctx context.Context) (int64, error) {
 
 // WriteProbes prints probes as a table.
 func WriteProbes(w io.Writer, probes []Probe) {
-	fmt.Fprintf(w, "%-8s %8s %4s %10s %9s %7s %8s %8s %16s\n", "PHASE", "REQUESTS", "OK", "429", "TIMEOUTS", "ERRORS", "P50", "MAX", "APISERVER-429s")
+	fmt.Fprintf(w, "%-8s %8s %4s %9s %5s %9s %7s %8s %8s %16s\n", "PHASE", "REQUESTS", "OK", "SLOW(>"+SLO.String()+")", "429", "TIMEOUTS", "ERRORS", "P50", "MAX", "APISERVER-429s")
 	for _, p := range probes {
-		fmt.Fprintf(w, "%-8s %8d %4d %10d %9d %7d %8s %8s %16d\n", p.Phase, p.Requests, p.OK, p.Throttled, p.TimedOut, p.Failed, p.P50, p.Max, p.Rejected429)
+		fmt.Fprintf(w, "%-8s %8d %4d %9d %5d %9d %7d %8s %8s %16d\n", p.Phase, p.Requests, p.OK, p.Slow, p.Throttled, p.TimedOut, p.Failed, p.P50, p.Max, p.Rejected429)
 	}
+}
+
+// Probe sends n requests as the oncall user (see probeAPI), 5 s each.
+func (l *Lab) Probe(ctx context.Context, phase string, n int) (Probe, error) {
+	return l.probeAPI(ctx, phase, n, 5*time.Second)
+}
+
+// Healthy reports whether every request of p answered within the SLO.
+func (p Probe) Healthy() bool { return p.OK == p.Requests && p.Slow == 0 }
+
+// WaitHealthy waits until five requests in a row of the oncall user answer
+// within the SLO, and returns that probe; after timeout, the last probe
+// and an error that says what it saw.
+func (l *Lab) WaitHealthy(ctx context.Context, timeout time.Duration) (Probe, error) {
+	var last Probe
+	var perr error
+	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
+		last, perr = l.probeAPI(ctx, "healthy", 5, 5*time.Second)
+		return perr == nil && last.Healthy()
+	})
+	if err == errTimeout {
+		if perr != nil {
+			return last, fmt.Errorf("waited %s for the apiserver to answer the oncall user within %s: %w", timeout, SLO, perr)
+		}
+		return last, fmt.Errorf("waited %s for the apiserver to answer the oncall user within %s: the last 5 requests: %d ok (%d slower), %d 429, %d timed out, p50 %s", timeout, SLO, last.OK, last.Slow, last.Throttled, last.TimedOut, last.P50)
+	}
+	return last, err
 }

@@ -6,7 +6,10 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,15 +35,36 @@ const (
 	NewClusterNS       = "cortex-new"
 )
 
-// overloadLimits are the API server limits the overload incident tightens
-// to. Priority and fairness is turned off so that the classic inflight
-// limiter answers 429 at once; system:masters stays exempt, as it is in
-// production, which is why the lab's admin kubeconfig keeps working while
-// the oncall user's kubectl does not.
-var overloadLimits = map[string]string{
-	"enable-priority-and-fairness":   "false",
-	"max-requests-inflight":          "4",
-	"max-mutating-requests-inflight": "20",
+// The overload incident's load and the apiserver it meets. The telemetry
+// agents LIST, from every node, the cluster's pods, nodes and ConfigMaps;
+// the cluster holds fleetConfigMaps ConfigMaps of fleetConfigMapBytes each
+// (about 4.8 MB of JSON per LIST), so the agents' cost grows with the
+// cluster, as in December 2024. The apiserver keeps API Priority and
+// Fairness in its default configuration and its default inflight limits
+// (APF then puts the agents in workload-low and an ordinary user in
+// global-default, and queues, rejects and fairly shares seats between
+// them); what it lacks is CPU: it is capped at overloadCPUMillis, a
+// control-plane machine that is small for that load. An ordinary user's
+// kubectl then waits seconds or times out, while the exempt admin
+// (system:masters) still gets through, slowly.
+const (
+	FleetNamespace      = "fleet"
+	fleetConfigMaps     = 500
+	fleetConfigMapBytes = 2048
+	overloadCPUMillis   = 100
+	// telemetryPaths are what every agent LISTs, in turn.
+	telemetryPaths = "/api/v1/pods,/api/v1/nodes,/api/v1/configmaps"
+	// SLO is how fast an ordinary user's `kubectl get pods` must answer
+	// for the apiserver to count as healthy.
+	SLO = time.Second
+)
+
+// overloadSpec is the apiserver's spec during the overload incident: the
+// lab's default flags, with its CPU capped.
+func (l *Lab) overloadSpec() Spec {
+	s := l.defaultAPIServerSpec()
+	s.CPUMillis = overloadCPUMillis
+	return s
 }
 
 // OverloadResult is the evidence of the overload incident.
@@ -64,15 +88,16 @@ const (
 )
 
 // Overload reproduces the December 2024 outage: a telemetry DaemonSet whose
-// every pod LISTs the whole cluster in a tight loop, on an API server whose
-// inflight limits are tight, until ordinary kubectl requests get 429s.
+// every pod LISTs the whole cluster in a tight loop, on an API server too
+// small for that load, until ordinary kubectl requests wait seconds, time
+// out or get 429s.
 //
-// The order matters. The DaemonSet is created, and its agents are seen
-// running on every worker (from each worker's containerd), while the
-// apiserver still has its normal limits; only then are the limits
-// tightened. Tightening first would starve the very controllers, scheduler
-// and kubelets that must start the agents, and the incident would start
-// only sometimes.
+// The order matters. The cluster's ConfigMaps and the DaemonSet are
+// created, and its agents are seen running on every worker (from each
+// worker's containerd), while the apiserver still has all the machine's
+// CPU; only then is it capped. Capping first would starve the very
+// controllers, scheduler and kubelets that must start the agents, and the
+// incident would start only sometimes.
 func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, error) {
 	logf := func(format string, a ...any) { fmt.Fprintf(log, "incident: "+format+"\n", a...) }
 	c, err := l.client()
@@ -83,7 +108,7 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		return nil, fmt.Errorf("the overload incident is already running (DaemonSet %s/%s exists)\nhint: run breakglass lab incident reset first", TelemetryNamespace, TelemetryDaemonSet)
 	}
 	if !l.apiserverHasDefaultFlags() {
-		return nil, fmt.Errorf("the apiserver on %s does not run with the lab's default flags (an incident left it changed)\nhint: run breakglass lab incident reset first", l.State.Hosts[0].Name)
+		return nil, fmt.Errorf("the apiserver on %s does not run with the lab's default spec (an incident left it changed)\nhint: run breakglass lab incident reset first", l.State.Hosts[0].Name)
 	}
 	res := &OverloadResult{}
 	logf("measuring what kubectl sees before the incident")
@@ -91,7 +116,11 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		return nil, err
 	}
 
-	logf("creating DaemonSet %s/%s: every pod LISTs pods, nodes and endpoints in a loop", TelemetryNamespace, TelemetryDaemonSet)
+	logf("filling the cluster: %d ConfigMaps of %d KiB in namespace %s", fleetConfigMaps, fleetConfigMapBytes/1024, FleetNamespace)
+	if err := l.createFleet(ctx); err != nil {
+		return nil, err
+	}
+	logf("creating DaemonSet %s/%s: every pod LISTs pods, nodes and ConfigMaps in a loop", TelemetryNamespace, TelemetryDaemonSet)
 	if err := createTelemetry(ctx, c, l.State.APIServer); err != nil {
 		return nil, err
 	}
@@ -101,12 +130,12 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		return res, err
 	}
 
-	logf("tightening the apiserver's inflight limits (%s)", flagList(overloadLimits))
-	if err := l.setAPIServerFlags(ctx, overloadLimits); err != nil {
+	logf("capping the apiserver at %dm CPU (API Priority and Fairness stays on, in its default configuration)", overloadCPUMillis)
+	if err := l.setAPIServerSpec(ctx, l.overloadSpec()); err != nil {
 		return res, err
 	}
-	logf("letting the load build until the apiserver refuses requests (429)")
-	if err := l.waitRejecting(ctx, loadTimeout); err != nil {
+	logf("letting the load build until an ordinary user's requests miss the %s SLO", SLO)
+	if err := l.waitSaturated(ctx, loadTimeout); err != nil {
 		return res, err
 	}
 	if res.After, err = l.probeAPI(ctx, "after", 20, 5*time.Second); err != nil {
@@ -122,6 +151,51 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 	logf("%d of %d workers run the agent (%s)", res.TelemetryPods, workers, describeCounts(res.Agents))
 	l.State.Incidents = appendUnique(l.State.Incidents, IncidentOverload)
 	return res, l.State.Save()
+}
+
+// createFleet creates the ConfigMaps that make the cluster big: what every
+// telemetry LIST costs. They are created concurrently, without client-side
+// rate limits, while the apiserver has all its CPU.
+func (l *Lab) createFleet(ctx context.Context) error {
+	c, err := newKubeUnlimited(l.State.Kubeconfig, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: FleetNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	payload := strings.Repeat("x", fleetConfigMapBytes)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i := 0; i < fleetConfigMaps; i++ {
+		g.Go(func() error {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("inventory-%04d", i)}, Data: map[string]string{"payload": payload}}
+			if _, err := c.ConfigMaps(FleetNamespace).Create(gctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("fleet: configmap %s: %w", cm.Name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// waitSaturated waits until an ordinary user's requests miss the SLO: of
+// three in a row, at least two answer slower than the SLO, time out, or
+// are refused. It asks as the oncall user, whom nothing exempts.
+func (l *Lab) waitSaturated(ctx context.Context, timeout time.Duration) error {
+	var last Probe
+	var perr error
+	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
+		last, perr = l.probeAPI(ctx, "wait", 3, 5*time.Second)
+		return perr == nil && last.Requests-last.OK+last.Slow >= 2
+	})
+	if err == errTimeout {
+		if perr != nil {
+			return fmt.Errorf("waited %s for the apiserver to saturate: %w", timeout, perr)
+		}
+		return fmt.Errorf("waited %s for the apiserver to saturate: the oncall user's last 3 requests: %d ok (%d slower than %s), p50 %s\nhint: see %s/logs/worker-*-containerd.log for the telemetry agents' own counts", timeout, last.OK, last.Slow, SLO, last.P50, l.State.Dir)
+	}
+	return err
 }
 
 // waitOnWorkers waits until every worker's containerd runs at least
@@ -179,58 +253,46 @@ func (l *Lab) waitGoneFromWorkers(ctx context.Context, timeout time.Duration, na
 	return err
 }
 
-// waitRejecting waits until the apiserver has answered 429 to someone since
-// it started with the incident's limits. The count is read as the admin,
-// whom the limits exempt (system:masters), so it answers under the load.
-func (l *Lab) waitRejecting(ctx context.Context, timeout time.Duration) error {
-	var n int64
-	var last error
-	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
-		n, last = l.apiserver429s(ctx)
-		return last == nil && n > 0
-	})
-	if err == errTimeout {
-		if last != nil {
-			return fmt.Errorf("waited %s for the apiserver to refuse requests; reading its /metrics: %w", timeout, last)
-		}
-		return fmt.Errorf("waited %s for the apiserver to refuse requests: it answered no 429 yet\nhint: see %s/logs/worker-*-containerd.log for the telemetry agents' own counts", timeout, l.State.Dir)
-	}
-	return err
-}
-
 // apiserverHasDefaultFlags reports whether cp-1's apiserver spec is the
 // lab's default one.
 func (l *Lab) apiserverHasDefaultFlags() bool {
 	cp := l.State.Hosts[0]
 	cur, _, err := readSpec(specPath(cp, "kube-apiserver"))
-	return err == nil && slices.Equal(cur.Argv, apiserverSpec(cp, l.State.Binaries.KubeAPIServer, nil).Argv)
+	return err == nil && slices.Equal(cur.Argv, l.defaultAPIServerSpec().Argv) && cur.CPUMillis == 0
 }
 
-// setAPIServerFlags rewrites the API server's spec with extra flags; its
-// supervisor restarts it, as a kubelet does when a static pod's manifest
-// changes. It returns once the process with the new flags, and no other,
-// runs (seen in /proc on the machine, not through the API) and answers
-// /readyz. It needs no request through the limits it may be lifting, so it
+// setAPIServerSpec rewrites the API server's spec; its supervisor restarts
+// it, as a kubelet does when a static pod's manifest changes, or, when
+// only the CPU cap changed, resizes it in place. It returns once a process
+// with the new spec, and no other, runs (seen in /proc and the cgroup on
+// the machine, not through the API) and answers /readyz. It needs no request through the limits it may be lifting, so it
 // works while the apiserver is saturated.
-func (l *Lab) setAPIServerFlags(ctx context.Context, extra map[string]string) error {
+func (l *Lab) setAPIServerSpec(ctx context.Context, spec Spec) error {
 	cp := l.State.Hosts[0]
-	spec := apiserverSpec(cp, l.State.Binaries.KubeAPIServer, extra)
+	cur, _, err := readSpec(specPath(cp, "kube-apiserver"))
+	restart := err != nil || !slices.Equal(cur.Argv, spec.Argv) || !slices.Equal(cur.Env, spec.Env)
+	old := processArgvs(spec.Argv[0])
 	if err := writeSpec(cp, "kube-apiserver", spec); err != nil {
 		return err
 	}
 	var why string
-	err := poll(ctx, 200*time.Millisecond, apiserverTimeout, func(context.Context) bool {
+	err = poll(ctx, 200*time.Millisecond, apiserverTimeout, func(context.Context) bool {
 		var ok bool
-		ok, why = onlyArgvRunning(spec.Argv)
+		ok, why = onlyNewRunning(spec, old, restart)
 		return ok
 	})
 	if err == errTimeout {
-		return fmt.Errorf("the apiserver was not restarted with its new flags within %s: %s\nhint: see %s", apiserverTimeout, why, filepath.Join(l.State.Dir, "logs", "cp-1-kube-apiserver.log"))
+		return fmt.Errorf("the apiserver was not restarted with its new spec within %s: %s\nhint: see %s", apiserverTimeout, why, filepath.Join(l.State.Dir, "logs", "cp-1-kube-apiserver.log"))
 	}
 	if err != nil {
 		return err
 	}
 	return l.waitAPIServer(ctx, apiserverTimeout)
+}
+
+// defaultAPIServerSpec is the apiserver's spec as lab up starts it.
+func (l *Lab) defaultAPIServerSpec() Spec {
+	return apiserverSpec(l.State.Hosts[0], l.State.Binaries.KubeAPIServer, nil)
 }
 
 func flagList(m map[string]string) string {
@@ -268,7 +330,7 @@ func createTelemetry(ctx context.Context, c *kube, apiserver string) error {
 		func() error {
 			_, err := c.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 				ObjectMeta: metav1.ObjectMeta{Name: "telemetry-agent"},
-				Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "nodes", "endpoints", "services"}, Verbs: []string{"get", "list", "watch"}}},
+				Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "nodes", "endpoints", "services", "configmaps"}, Verbs: []string{"get", "list", "watch"}}},
 			}, metav1.CreateOptions{})
 			return err
 		},
@@ -300,7 +362,8 @@ func createTelemetry(ctx context.Context, c *kube, apiserver string) error {
 								ImagePullPolicy: corev1.PullNever,
 								Env: []corev1.EnvVar{
 									{Name: "APISERVER", Value: apiserver},
-									{Name: "CONCURRENCY", Value: "16"},
+									{Name: "CONCURRENCY", Value: "32"},
+									{Name: "PATHS", Value: telemetryPaths},
 								},
 							}},
 							TerminationGracePeriodSeconds: ptr.To[int64](2),

@@ -60,11 +60,11 @@ func TestIncidentSoak(t *testing.T) {
 				if err := json.Unmarshal([]byte(out), &res); err != nil {
 					t.Fatalf("round %d: %v: %s", round, err, out)
 				}
-				bad := res.After.Throttled + res.After.TimedOut
-				t.Logf("round %d overload: before ok %d/%d; after ok %d, 429 %d, timeouts %d of %d; apiserver 429s %d; agents %d/%d",
-					round, res.Before.OK, res.Before.Requests, res.After.OK, res.After.Throttled, res.After.TimedOut, res.After.Requests,
-					res.After.Rejected429, res.TelemetryPods, workers)
-				if bad < res.After.Requests/2 || res.After.Rejected429 == 0 || res.TelemetryPods != workers {
+				bad := res.After.Requests - res.After.OK + res.After.Slow
+				t.Logf("round %d overload: before ok %d/%d; after ok %d (%d slower than %s), 429 %d, timeouts %d of %d, p50 %dms; apiserver 429s %d; agents %d/%d",
+					round, res.Before.OK, res.Before.Requests, res.After.OK, res.After.Slow, lab.SLO, res.After.Throttled, res.After.TimedOut, res.After.Requests,
+					res.After.P50Ms, res.After.Rejected429, res.TelemetryPods, workers)
+				if bad < res.After.Requests/2 || res.TelemetryPods != workers {
 					t.Errorf("round %d: the overload incident did not saturate the apiserver (see the line above)", round)
 				}
 			case lab.IncidentPreemption:

@@ -34,12 +34,22 @@ type kube struct {
 }
 
 func newKube(kubeconfigPath string, timeout time.Duration) (*kube, error) {
+	return newKubeQPS(kubeconfigPath, timeout, 50, 100)
+}
+
+// newKubeUnlimited is a client with no client-side rate limit, for bulk
+// creates the apiserver's own flow control can judge.
+func newKubeUnlimited(kubeconfigPath string, timeout time.Duration) (*kube, error) {
+	return newKubeQPS(kubeconfigPath, timeout, -1, 0)
+}
+
+func newKubeQPS(kubeconfigPath string, timeout time.Duration, qps float32, burst int) (*kube, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfigPath)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Timeout = timeout
-	cfg.QPS, cfg.Burst = 50, 100
+	cfg.QPS, cfg.Burst = qps, burst
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -156,6 +166,9 @@ func (k *kube) Pods(ns string) res[corev1.Pod] {
 }
 func (k *kube) Events(ns string) res[corev1.Event] {
 	return resourceOf[corev1.Event](k, coreGV, "events", "Event", ns)
+}
+func (k *kube) ConfigMaps(ns string) res[corev1.ConfigMap] {
+	return resourceOf[corev1.ConfigMap](k, coreGV, "configmaps", "ConfigMap", ns)
 }
 func (k *kube) ServiceAccounts(ns string) res[corev1.ServiceAccount] {
 	return resourceOf[corev1.ServiceAccount](k, coreGV, "serviceaccounts", "ServiceAccount", ns)

@@ -140,5 +140,5 @@ func (l *Lab) HealAPIServer(ctx context.Context) error {
 	if l.apiserverHasDefaultFlags() {
 		return nil
 	}
-	return l.setAPIServerFlags(ctx, nil)
+	return l.setAPIServerSpec(ctx, l.defaultAPIServerSpec())
 }

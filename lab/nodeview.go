@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -74,12 +75,12 @@ func describeCounts(cs []NodeCount) string {
 	return strings.Join(parts, " ")
 }
 
-// processArgvs returns the command lines of every process on the machine
-// whose program is bin. The lab's hosts share the machine's PID namespace,
-// so this sees the components of every host.
-func processArgvs(bin string) [][]string {
+// processArgvs returns the command lines, by PID, of every process on the
+// machine whose program is bin. The lab's hosts share the machine's PID
+// namespace, so this sees the components of every host.
+func processArgvs(bin string) map[int][]string {
 	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	var out [][]string
+	out := map[int][]string{}
 	for _, p := range dirs {
 		b, err := os.ReadFile(p)
 		if err != nil || len(b) == 0 {
@@ -87,23 +88,36 @@ func processArgvs(bin string) [][]string {
 		}
 		argv := strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
 		if argv[0] == bin {
-			out = append(out, argv)
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			out[pid] = argv
 		}
 	}
 	return out
 }
 
-// onlyArgvRunning reports whether exactly the processes of want's program
-// that run now all have want's command line, and at least one does: the
-// supervisor has stopped the old process and started the new one.
-func onlyArgvRunning(want []string) (bool, string) {
-	procs := processArgvs(want[0])
-	if len(procs) == 0 {
-		return false, "no " + filepath.Base(want[0]) + " process"
+// onlyNewRunning reports whether exactly one process of want's program
+// runs, with want's command line and CPU cap; and, when restarted, it is
+// none of old (the processes before the spec changed): the supervisor has
+// stopped the old process and started the new one, or resized it in place.
+func onlyNewRunning(want Spec, old map[int][]string, restarted bool) (bool, string) {
+	name := filepath.Base(want.Argv[0])
+	procs := processArgvs(want.Argv[0])
+	if len(procs) != 1 {
+		return false, fmt.Sprintf("%d %s processes run", len(procs), name)
 	}
-	for _, argv := range procs {
-		if !slices.Equal(argv, want) {
-			return false, "the old " + filepath.Base(want[0]) + " process still runs"
+	for pid, argv := range procs {
+		if _, ok := old[pid]; ok && restarted {
+			return false, "the old " + name + " process still runs"
+		}
+		if !slices.Equal(argv, want.Argv) {
+			return false, name + " runs with other flags than its spec"
+		}
+		got, err := cpuCapOf(want.Cgroup, pid)
+		if err != nil {
+			return false, err.Error()
+		}
+		if got != want.CPUMillis {
+			return false, fmt.Sprintf("%s has a CPU cap of %dm, want %dm", name, got, want.CPUMillis)
 		}
 	}
 	return true, ""

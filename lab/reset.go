@@ -13,7 +13,7 @@ import (
 // The incidents' objects: where they run their workloads, and what they
 // add cluster-wide.
 var (
-	incidentNamespaces      = []string{TelemetryNamespace, IngesterNamespace, NewClusterNS}
+	incidentNamespaces      = []string{TelemetryNamespace, FleetNamespace, IngesterNamespace, NewClusterNS}
 	incidentClusterRoles    = []string{"telemetry-agent"} // and bindings of the same name
 	incidentPriorityClasses = []string{"critical", "high", "medium", "low"}
 )
@@ -57,7 +57,7 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 	}
 	if !l.apiserverHasDefaultFlags() {
 		fmt.Fprintln(log, "incident: restoring the apiserver's limits")
-		if err := l.setAPIServerFlags(ctx, nil); err != nil {
+		if err := l.setAPIServerSpec(ctx, l.defaultAPIServerSpec()); err != nil {
 			return err
 		}
 	}

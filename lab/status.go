@@ -104,5 +104,5 @@ func (h HostStatus) ComponentList() string {
 
 // String summarises a probe for logs.
 func (p Probe) String() string {
-	return fmt.Sprintf("%s: %d/%d ok, %d throttled (429), %d timed out, p50 %s", p.Phase, p.OK, p.Requests, p.Throttled, p.TimedOut, p.P50)
+	return fmt.Sprintf("%s: %d/%d ok (%d slower than %s), %d throttled (429), %d timed out, p50 %s", p.Phase, p.OK, p.Requests, p.Slow, SLO, p.Throttled, p.TimedOut, p.P50)
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -20,6 +21,11 @@ import (
 type Spec struct {
 	Argv []string `json:"argv"`
 	Env  []string `json:"env,omitempty"`
+	// CPUMillis caps the component's CPU, in thousandths of a CPU, in the
+	// cgroup Cgroup (as a static pod's CPU limit, or a small control-plane
+	// machine, would); 0 for no cap.
+	CPUMillis int    `json:"cpuMillis,omitempty"`
+	Cgroup    string `json:"cgroup,omitempty"`
 }
 
 // specDir is where specs live inside a host (its own /etc/kubernetes).
@@ -88,6 +94,12 @@ func Supervise(ctx context.Context, spec string, log io.Writer) error {
 			}
 			continue
 		}
+		if s.CPUMillis > 0 {
+			// Whoever needs the cap checks it from outside (cpuCapped).
+			if err := capCPU(s.Cgroup, cmd.Process.Pid, s.CPUMillis); err != nil {
+				fmt.Fprintf(log, "supervise: cpu cap: %v\n", err)
+			}
+		}
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		reason := ""
@@ -104,6 +116,21 @@ func Supervise(ctx context.Context, spec string, log io.Writer) error {
 				break wait
 			case <-tick.C:
 				if fi, err := os.Stat(spec); err == nil && !fi.ModTime().Equal(mtime) {
+					next, nmtime, err := readSpec(spec)
+					if err == nil && slices.Equal(next.Argv, s.Argv) && slices.Equal(next.Env, s.Env) {
+						// Only the CPU cap changed: resized in place, as
+						// kubelet resizes a pod's CPU, without a restart.
+						name := next.Cgroup
+						if name == "" {
+							name = s.Cgroup
+						}
+						if err := capCPU(name, cmd.Process.Pid, next.CPUMillis); err != nil {
+							fmt.Fprintf(log, "supervise: cpu cap: %v\n", err)
+						}
+						fmt.Fprintf(log, "supervise: cpu cap now %dm (0: none), not restarted\n", next.CPUMillis)
+						s, mtime = next, nmtime
+						continue
+					}
 					fmt.Fprintf(log, "supervise: spec changed, restarting\n")
 					reason = "changed"
 					break wait

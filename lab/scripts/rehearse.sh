@@ -20,7 +20,7 @@ echo
 "$BIN" lab incident overload --dir "$LAB_DIR"
 KUBECTL=$(sed -n 's/.*"kubectl": "\(.*\)".*/\1/p' "$LAB_DIR/lab.json")
 echo
-echo "The oncall engineer's own kubectl, right now (it retries 429s by itself):"
+echo "The oncall engineer's own kubectl, right now (it waits, and retries 429s by itself):"
 set +e
 start=$(date +%s.%N)
 "$KUBECTL" --kubeconfig "$LAB_DIR/oncall.kubeconfig" --request-timeout=5s get pods -A -v=6 2>&1 \
@@ -35,7 +35,8 @@ is locked out. Recover it around the API server:
 
   export BREAKGLASS_INVENTORY=$LAB_DIR/breakglass.yaml
   $BIN get daemonsets -A                      # read from etcd: which DaemonSet is new?
-  $BIN count pods nodes endpoints             # how expensive is each LIST?
+  $BIN count pods nodes configmaps            # how expensive is each LIST?
+  $BIN shed flowschema --serviceaccount telemetry/telemetry-agent --reject --ttl 15m   # APF sheds the agents, through etcd
   $BIN pods list -n telemetry                 # where it runs, from each worker's containerd
   $BIN shed apply --ttl 15m --dry-run         # nft on cp-1: only you, the control plane, etcd
   $BIN shed apply --ttl 15m                   # the workers' LISTs are dropped; rules expire by themselves

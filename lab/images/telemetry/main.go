@@ -4,7 +4,8 @@
 // number of nodes times the size of the cluster.
 //
 // It talks to the API server named by APISERVER (the lab runs it with
-// hostNetwork) with the pod's service-account token.
+// hostNetwork) with the pod's service-account token, and like any
+// client-go client it waits as long as a 429's Retry-After says.
 package main
 
 import (
@@ -64,7 +65,14 @@ func main() {
 				resp.Body.Close()
 				switch {
 				case resp.StatusCode == http.StatusTooManyRequests:
+					// As client-go does: wait as long as the apiserver
+					// asks (Retry-After), then try again.
 					throttled.Add(1)
+					wait, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+					if err != nil || wait < 1 {
+						wait = 1
+					}
+					time.Sleep(time.Duration(wait) * time.Second)
 				case resp.StatusCode >= 300:
 					failed.Add(1)
 					time.Sleep(100 * time.Millisecond)
