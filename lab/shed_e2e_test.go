@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -168,6 +169,26 @@ func TestIncidentShedNetwork(t *testing.T) {
 	}
 	if r := b.run("shed", "lift", "--yes", "--journal", b.jnl); r.code != 0 {
 		t.Fatalf("shed lift: exit %d", r.code)
+	}
+
+	// undo of an apply puts back what the change found: no table.
+	r = b.run("shed", "apply", "--ttl", "5m", "--mode", "reject", "--yes", "-o", "json", "--journal", b.jnl)
+	var shed struct {
+		ID string `json:"id"`
+	}
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(line, `"type":"change"`) && shed.ID == "" {
+			json.Unmarshal([]byte(line), &shed)
+		}
+	}
+	if r.code != 0 || shed.ID == "" || !hasTable(t, cp.Netns) {
+		t.Fatalf("shed apply -o json: exit %d, change ID %q:\n%s", r.code, shed.ID, r.stdout)
+	}
+	if r := b.run("undo", shed.ID, "--yes", "--journal", b.jnl); r.code != 0 {
+		t.Fatalf("undo of a shed: exit %d\n%s", r.code, r.stderr)
+	}
+	if hasTable(t, cp.Netns) {
+		t.Fatal("undo of a shed left breakglass's table")
 	}
 
 	// drop, with breakglass killed as soon as the table is on the node: the
