@@ -48,7 +48,11 @@ func TestIncidentSoak(t *testing.T) {
 		}
 	}
 	workers := len(s.HostsWithRole("worker"))
-	for _, incident := range []string{lab.IncidentOverload, lab.IncidentPreemption} {
+	incidents := []string{lab.IncidentOverload, lab.IncidentPreemption}
+	if only := os.Getenv("BREAKGLASS_LAB_SOAK_ONLY"); only != "" {
+		incidents = strings.Split(only, ",")
+	}
+	for _, incident := range incidents {
 		for round := 1; round <= rounds; round++ {
 			out, err := run("lab", "incident", incident, "--dir", s.Dir, "-o", "json")
 			if err != nil {

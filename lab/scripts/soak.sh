@@ -7,6 +7,7 @@
 #                   binary; every round must show the incident's evidence and
 #                   leave no incident object in etcd and no incident container
 #                   on any worker. About 40 minutes on 2 cores for 10 rounds.
+#                   SOAK_ONLY=overload (or preemption) runs one incident only.
 #   make soak-hold  (SOAK=hold): under the overload incident, the telemetry
 #                   agent is held on every worker and watched for HOLD_WINDOW
 #                   (default 10m) through kubelet's restarts of its
@@ -23,7 +24,7 @@ GO=${GO:-go}
 case "${SOAK:-incidents}" in
 incidents)
 	what="${SOAK_ROUNDS:-10} rounds of each incident and its reset"
-	env=(BREAKGLASS_LAB_SOAK="${SOAK_ROUNDS:-10}")
+	env=(BREAKGLASS_LAB_SOAK="${SOAK_ROUNDS:-10}" BREAKGLASS_LAB_SOAK_ONLY="${SOAK_ONLY:-}")
 	run=TestIncidentSoak timeout=150m show='round [0-9]+'
 	;;
 hold)
