@@ -84,20 +84,6 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 		_, err := (&steps.Exec{}).Undo(ctx, recs, o.ID, o.Force)
 		return err
 	}
-	if len(found) > 0 && strings.HasPrefix(found[0].Op, "shed-") {
-		// A network shed: the nft kind puts back, on every node, the table
-		// the change found. The node flags say how to reach the nodes
-		// (default: the control-plane nodes, where a shed goes).
-		r, err := newShedRun(ctx, d, &shedOptions{nodes: o.pods.nodes, ssh: o.pods.ssh})
-		if err != nil {
-			return err
-		}
-		defer r.close()
-		e, stream := r.engine(d)
-		defer stream.Close()
-		_, err = e.Undo(ctx, recs, o.ID, o.Force)
-		return err
-	}
 	if len(found) > 0 && strings.HasPrefix(found[0].Op, "pods-") {
 		if found[0].Op == steps.OpPodsStop {
 			fmt.Fprintf(d.ErrOut, "change %s stopped pods: nothing to put back (kubelet starts stopped pods again by itself)\n", o.ID)
