@@ -127,6 +127,9 @@ type Health struct {
 	Rejected429 float64 `json:"rejected429"`
 	// Terminations sums apiserver_request_terminations_total.
 	Terminations float64 `json:"terminations,omitempty"`
+	// Metrics: /metrics was read (at least one kept sample); the figures
+	// below are zero otherwise.
+	Metrics bool `json:"metrics"`
 	// APF is on when its metrics are there.
 	APF    bool       `json:"apf"`
 	Levels []APFLevel `json:"levels,omitempty"`
@@ -264,6 +267,7 @@ func Parse(out []byte) (*Health, error) {
 			if err != nil {
 				return nil, err
 			}
+			h.Metrics = true
 			switch s.Name {
 			case "apiserver_current_inflight_requests":
 				h.Inflight[s.Labels["request_kind"]] += s.Value

@@ -143,7 +143,7 @@ users:
 	if h.Kubeconfig != kc || !h.Ready || h.Code != 200 || h.Body != "ok" || len(h.Problems) != 0 {
 		t.Fatalf("health: %+v\n%s", h, out)
 	}
-	if h.Inflight["readOnly"] != 4 || h.Inflight["mutating"] != 1 || h.Rejected429 != 35 || !h.APF {
+	if h.Inflight["readOnly"] != 4 || h.Inflight["mutating"] != 1 || h.Rejected429 != 35 || !h.APF || !h.Metrics {
 		t.Errorf("figures: %+v", h)
 	}
 	if len(h.Flows) != 2 || h.Flows[0].FlowSchema != "service-accounts" || h.Flows[0].Rejected != 40 || h.Flows[0].Dispatched != 900 {
@@ -157,7 +157,7 @@ users:
 	// reported, the probe does not fail.
 	os.WriteFile(kc, []byte(fmt.Sprintf("clusters:\n- cluster:\n    certificate-authority-data: %s\n", b64(caPair.cert))), 0o600)
 	out, _ = exec.Command("sh", "-c", script).CombinedOutput()
-	if h, err = apiprobe.Parse(out); err != nil || h.Ready || len(h.Problems) == 0 {
+	if h, err = apiprobe.Parse(out); err != nil || h.Ready || h.Metrics || len(h.Problems) == 0 {
 		t.Errorf("no client cert: %+v %v\n%s", h, err, out)
 	}
 	// No kubeconfig at all.

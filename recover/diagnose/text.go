@@ -62,7 +62,16 @@ func (r *Report) WriteText(w io.Writer) error {
 			case h.Code == 0:
 				ready = "unknown"
 			}
-			line += fmt.Sprintf(" %s (readyz %d in %dms)  inflight ro %.0f mut %.0f  429s %.0f", ready, h.Code, h.LatencyMs, h.Inflight["readOnly"], h.Inflight["mutating"], h.Rejected429)
+			if h.Code == 0 {
+				line += fmt.Sprintf(" %s (no answer to readyz in %dms)", ready, h.LatencyMs)
+			} else {
+				line += fmt.Sprintf(" %s (readyz %d in %dms)", ready, h.Code, h.LatencyMs)
+			}
+			if h.Metrics {
+				line += fmt.Sprintf("  inflight ro %.0f mut %.0f  429s %.0f", h.Inflight["readOnly"], h.Inflight["mutating"], h.Rejected429)
+			} else {
+				line += "  metrics unread"
+			}
 			if h.APF {
 				var rej float64
 				for _, l := range h.Levels {
