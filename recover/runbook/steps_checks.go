@@ -240,7 +240,10 @@ func buildPodsCheck(stopped bool) func(ctx context.Context, s *Session, a Args) 
 			return nil, err
 		}
 		sel := &steps.Selection{Targets: k.Targets, Selector: pods.Selector{Namespace: a.String("namespace"), Labels: a.String("selector"),
-			Image: a.String("image"), Name: a.String("name")}, DaemonSet: a.String("daemonset"), Deployment: a.String("deployment"), Store: k.Store}
+			Image: a.String("image"), Name: a.String("name")}, DaemonSet: a.String("daemonset"), Deployment: a.String("deployment"), Store: k.Store,
+			// As stop-pods: a workload's pods are looked for on the nodes
+			// they are scheduled on, unless the check names nodes.
+			NarrowNodes: !a.Has("nodes")}
 		return func(ctx context.Context) (bool, string, error) {
 			// The selection is resolved afresh each time: a workload's
 			// pods are new pods once its controller replaced them.
