@@ -108,13 +108,13 @@ wrong.
 }
 
 type runbookWire struct {
-	Type        string          `json:"type"` // runbook
-	Name        string          `json:"name"`
-	Source      string          `json:"source"`
-	Description string          `json:"description,omitempty"`
-	Parameters  []paramWire     `json:"parameters,omitempty"`
-	Steps       []stepShowWire  `json:"steps,omitempty"`
-	StepCount   int             `json:"stepCount"`
+	Type        string         `json:"type"` // runbook
+	Name        string         `json:"name"`
+	Source      string         `json:"source"`
+	Description string         `json:"description,omitempty"`
+	Parameters  []paramWire    `json:"parameters,omitempty"`
+	Steps       []stepShowWire `json:"steps,omitempty"`
+	StepCount   int            `json:"stepCount"`
 }
 
 type paramWire struct {
