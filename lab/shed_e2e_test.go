@@ -92,6 +92,7 @@ func TestIncidentShedNetwork(t *testing.T) {
 	t.Cleanup(func() {
 		exec.Command("ip", "netns", "exec", cp.Netns, "nft", "delete", "table", "inet", "breakglass").Run()
 		exec.Command("ip", "netns", "exec", cp.Netns, "nft", "delete", "table", "inet", "bgothers").Run()
+		exec.Command("ip", "netns", "exec", cp.Netns, "sh", "-c", "iptables -D INPUT -j BREAKGLASS-SHED; iptables -F BREAKGLASS-SHED; iptables -X BREAKGLASS-SHED; ip6tables -D INPUT -j BREAKGLASS-SHED; ip6tables -F BREAKGLASS-SHED; ip6tables -X BREAKGLASS-SHED").Run()
 	})
 	if !connects(t, worker.Netns, api, 2*time.Second) {
 		t.Fatalf("%s cannot reach the apiserver before any shed", worker.Name)
@@ -190,6 +191,40 @@ func TestIncidentShedNetwork(t *testing.T) {
 	if hasTable(t, cp.Netns) {
 		t.Fatal("undo of a shed left breakglass's table")
 	}
+
+	// The iptables fallback (--firewall iptables stands in for a node
+	// without nft): the worker is refused, the operator is not, status
+	// reads it back, undo removes breakglass's chain and its jump.
+	r = b.run("shed", "apply", "--firewall", "iptables", "--ttl", "5m", "--mode", "reject", "--yes", "-o", "json", "--journal", b.jnl)
+	shed.ID = ""
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(line, `"type":"change"`) && shed.ID == "" {
+			json.Unmarshal([]byte(line), &shed)
+		}
+	}
+	if r.code != 0 || shed.ID == "" || hasTable(t, cp.Netns) {
+		t.Fatalf("shed apply --firewall iptables: exit %d, change %q, nft table %v:\n%s", r.code, shed.ID, hasTable(t, cp.Netns), r.stdout)
+	}
+	if connects(t, worker.Netns, api, 2*time.Second) {
+		t.Fatalf("%s reached the apiserver through an iptables shed", worker.Name)
+	}
+	if c, err := net.DialTimeout("tcp", api, 2*time.Second); err != nil {
+		t.Fatalf("the operator cannot reach the apiserver through the iptables shed: %v", err)
+	} else {
+		c.Close()
+	}
+	if r := b.run("shed", "status", "--firewall", "iptables", "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, `"backend":"iptables"`) || !strings.Contains(r.stdout, `"state":"active"`) {
+		t.Fatalf("shed status --firewall iptables: exit %d, want an active iptables shed:\n%s", r.code, r.stdout)
+	}
+	if r := b.run("undo", shed.ID, "--yes", "--journal", b.jnl); r.code != 0 {
+		t.Fatalf("undo of an iptables shed: exit %d\n%s", r.code, r.stderr)
+	}
+	if out, _ := exec.Command("ip", "netns", "exec", cp.Netns, "iptables-save", "-t", "filter").Output(); strings.Contains(string(out), "BREAKGLASS-SHED") {
+		t.Fatalf("undo left breakglass's iptables chain:\n%s", out)
+	}
+	waitCond(t, "the worker reaching the apiserver after the undo", time.Minute, func() (bool, string) {
+		return connects(t, worker.Netns, api, 2*time.Second), "refused"
+	})
 
 	// drop, with breakglass killed as soon as the table is on the node: the
 	// rules expire on the node by themselves, with no breakglass running.

@@ -40,13 +40,15 @@ else.
 }
 
 type shedOptions struct {
-	nodes nodeFlags
-	ssh   sshFlags
+	nodes    nodeFlags
+	ssh      sshFlags
+	firewall string
 }
 
 func addShedNodeFlags(cmd *cobra.Command, o *shedOptions) {
 	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
 	cmd.Flags().Lookup("nodes").Usage = "nodes to shed on (default role=control-plane): names, globs, role=ROLE (add your load balancers), label=SELECTOR"
+	cmd.Flags().StringVar(&o.firewall, "firewall", "auto", "how the shed is written on a node: auto (nft, or iptables where the node has no nft), nft or iptables")
 }
 
 // shedRun is the nodes and the nft kind of a shed command.
@@ -69,9 +71,15 @@ func newShedRun(ctx context.Context, d *Deps, o *shedOptions) (*shedRun, error) 
 	if err != nil {
 		return nil, err
 	}
+	if err := steps.ValidateFirewall(o.firewall); err != nil {
+		r.Close()
+		return nil, usagef("--firewall %v", err)
+	}
 	env := d.stepsEnv(&o.ssh)
 	env.Runner = r
-	return &shedRun{env: env, kind: env.Nft(targets), targets: targets, close: r.Close}, nil
+	kind := env.Nft(targets)
+	kind.Firewall = o.firewall
+	return &shedRun{env: env, kind: kind, targets: targets, close: r.Close}, nil
 }
 
 func (r *shedRun) engine(d *Deps) (*change.Engine, *change.Stream) {
@@ -296,7 +304,8 @@ separate changes, each with its own ID and undo.
 type shedStatusWire struct {
 	Type         string   `json:"type"` // shedStatus
 	Node         string   `json:"node"`
-	State        string   `json:"state"` // active, lapsed, none
+	State        string   `json:"state"`             // active, lapsed, none
+	Backend      string   `json:"backend,omitempty"` // nft or iptables
 	Change       string   `json:"change,omitempty"`
 	Mode         string   `json:"mode,omitempty"`
 	Rate         int      `json:"rate,omitempty"`
@@ -349,7 +358,7 @@ func runShedStatus(ctx context.Context, d *Deps, o *shedOptions) error {
 			continue
 		}
 		st := res.Output.State
-		w := shedStatusWire{Type: "shedStatus", Node: res.Target.Name, State: "none"}
+		w := shedStatusWire{Type: "shedStatus", Node: res.Target.Name, State: "none", Backend: res.Output.Backend}
 		if res.Output.Operator.IsValid() {
 			w.Operator = res.Output.Operator.String()
 		}

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
+	"github.com/breakglass/breakglass/nodeops/iptables"
 	"github.com/breakglass/breakglass/nodeops/nft"
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
@@ -38,6 +40,19 @@ type Nft struct {
 	Options fanout.OptionsOf[NftResult]
 	// Targets are the nodes by name, for undo.
 	Targets []nodeops.Target
+	// Firewall is how the shed is written: "auto" (or empty) uses nft where
+	// the node has it and iptables where it has only that; "nft" or
+	// "iptables" insist.
+	Firewall string
+}
+
+// ValidateFirewall checks a Firewall value.
+func ValidateFirewall(fw string) error {
+	switch fw {
+	case "", "auto", BackendNft, BackendIptables:
+		return nil
+	}
+	return fmt.Errorf("%q: want auto, nft or iptables", fw)
 }
 
 // Name is the kind's name.
@@ -59,6 +74,11 @@ type NftChange struct {
 	After string `json:"after"`
 	// Spec is what the table holds after (nil for a lift or an extend).
 	Spec *nft.Spec `json:"spec,omitempty"`
+	// Backend is the node's firewall: "nft" (or empty), or "iptables" on
+	// a node without nft. For iptables, Script is the iptables-restore
+	// input of each family (shown), and Command the shell that loads it.
+	Backend string `json:"backend,omitempty"`
+	Command string `json:"command,omitempty"`
 	// Belt schedules (or, for a lift, cancels) the systemd timer that
 	// deletes the table after the TTL, where systemd runs.
 	Belt time.Duration `json:"belt,omitempty"`
@@ -78,7 +98,10 @@ type NodeTable struct {
 	// of the SSH session).
 	Operator netip.Addr `json:"operator"`
 	State    nft.State  `json:"state"`
-	// NoNft is set when the node has no nft binary.
+	// Backend is how the node's shed is written: "nft", or "iptables" where
+	// the node has no nft binary.
+	Backend string `json:"backend"`
+	// NoNft is set when the node has neither nft nor iptables.
 	NoNft bool `json:"noNft,omitempty"`
 }
 
@@ -88,19 +111,33 @@ type NodeTable struct {
 const probeScript = `echo "ssh=$SSH_CONNECTION"
 PATH=$PATH:/usr/sbin:/sbin
 S=""; if [ "$(id -u)" != 0 ]; then S="sudo -n"; fi
-command -v nft >/dev/null 2>&1 || { echo "nft=missing"; exit 0; }
+if [ "$FW" = iptables ] || { [ "$FW" != nft ] && ! command -v nft >/dev/null 2>&1; }; then
+  command -v iptables-save >/dev/null 2>&1 || { echo "nft=missing"; exit 0; }
+  echo "format=iptables"; echo "now=$(date +%s)"
+  $S iptables-save -c -t filter || exit $?
+  echo "` + ip6Separator + `"
+  if command -v ip6tables-save >/dev/null 2>&1; then $S ip6tables-save -c -t filter; fi
+  exit 0
+fi
 if ! $S nft list tables >/tmp/.breakglass-tables.$$ 2>&1; then cat /tmp/.breakglass-tables.$$ >&2; rm -f /tmp/.breakglass-tables.$$; exit 1; fi
 if ! grep -qx 'table inet ` + nft.Table + `' /tmp/.breakglass-tables.$$; then rm -f /tmp/.breakglass-tables.$$; echo "format=absent"; exit 0; fi
 rm -f /tmp/.breakglass-tables.$$
 if $S nft -j list table inet ` + nft.Table + ` >/dev/null 2>&1; then echo "format=json"; $S nft -j list table inet ` + nft.Table + `
 else echo "format=text"; $S nft list table inet ` + nft.Table + `; fi`
 
+// ip6Separator separates the two families' listings in the probe's output.
+const ip6Separator = "--- ip6tables"
+
 // Probe reads every target's table and the operator's address as each
 // sees it.
 func (k *Nft) Probe(ctx context.Context, targets []nodeops.Target) []fanout.ResultOf[NodeTable] {
 	opts := fanout.OptionsOf[NodeTable]{Concurrency: k.Options.Concurrency, Timeout: k.Options.Timeout, Retries: k.Options.Retries}
 	return fanout.RunOf(ctx, targets, opts, func(ctx context.Context, t nodeops.Target) (NodeTable, error) {
-		out, err := k.Runner.Run(ctx, t, nodeops.Command{Line: probeScript, NoSudo: true})
+		fw := k.Firewall
+		if fw == "" {
+			fw = "auto"
+		}
+		out, err := k.Runner.Run(ctx, t, nodeops.Command{Line: "FW=" + nodeops.ShellQuote(fw) + "\n" + probeScript, NoSudo: true})
 		if err != nil {
 			return NodeTable{Node: t.Name}, err
 		}
@@ -123,9 +160,20 @@ func parseProbe(node string, out []byte) (NodeTable, error) {
 	}
 	line, rest, _ = strings.Cut(rest, "\n")
 	var err error
+	nt.Backend = BackendNft
 	switch line {
 	case "nft=missing":
 		nt.NoNft = true
+	case "format=iptables":
+		nt.Backend = BackendIptables
+		var now string
+		now, rest, _ = strings.Cut(rest, "\n")
+		unix, perr := strconv.ParseInt(strings.TrimPrefix(now, "now="), 10, 64)
+		if perr != nil {
+			return nt, fmt.Errorf("unexpected answer %q for the node's time", now)
+		}
+		v4, v6, _ := strings.Cut(rest, ip6Separator+"\n")
+		nt.State, err = iptables.Parse(v4, v6, time.Unix(unix, 0))
 	case "format=absent":
 	case "format=json":
 		nt.State, err = nft.ParseJSON([]byte(rest))
@@ -135,6 +183,53 @@ func parseProbe(node string, out []byte) (NodeTable, error) {
 		err = fmt.Errorf("unexpected answer %q", line)
 	}
 	return nt, err
+}
+
+// The firewalls a shed is written with.
+const (
+	BackendNft      = "nft"
+	BackendIptables = "iptables"
+)
+
+// loadScripts returns what an item that loads spec shows, and for
+// iptables what it runs: nft's transaction (fed to nft -f - by
+// applyScript), or iptables-restore's input and the shell that loads it
+// with the dead-man's date computed on the node.
+func loadScripts(backend string, spec nft.Spec) (show, command string, err error) {
+	if backend != BackendIptables {
+		return nft.Render(spec), "", nil
+	}
+	v4, v6, err := iptables.Render(spec)
+	if err != nil {
+		return "", "", err
+	}
+	return v4 + v6 + fmt.Sprintf("# %s and %s are the date %s from when it is loaded, on the node\n", iptables.ExpiresPlaceholder, iptables.ExpiresUnixPlaceholder, spec.TTL),
+		iptables.ApplyScript(v4, v6, spec.TTL), nil
+}
+
+// liftScripts is loadScripts for a lift.
+func liftScripts(backend string) (show, command string) {
+	if backend != BackendIptables {
+		return nft.RenderLift(), ""
+	}
+	return iptables.LiftScript(), iptables.LiftScript()
+}
+
+// withBackend says, in a summary, that a node's shed is written with
+// iptables (nft is the rule).
+func withBackend(backend string) string {
+	if backend == BackendIptables {
+		return ", with iptables (the node has no nft, or --firewall iptables)"
+	}
+	return ""
+}
+
+// what names breakglass's rules on a node of the backend, for summaries.
+func what(backend string) string {
+	if backend == BackendIptables {
+		return "iptables chain " + iptables.Chain
+	}
+	return "table inet " + nft.Table
 }
 
 // comment is the state an item is planned against.
@@ -175,7 +270,7 @@ func PlanShedApply(k *Nft, targets []nodeops.Target, s ShedSpec) change.Planner 
 			}
 			nt := r.Output
 			if nt.NoNft {
-				p.Skipped = append(p.Skipped, change.Skipped{Target: r.Target.Name, Reason: "no nft on the node (install nftables; breakglass has no iptables fallback)"})
+				p.Skipped = append(p.Skipped, change.Skipped{Target: r.Target.Name, Reason: "neither nft nor iptables on the node (install nftables)"})
 				continue
 			}
 			allow := append(append([]netip.Prefix{}, s.Allow...), s.Defaults...)
@@ -191,9 +286,13 @@ func PlanShedApply(k *Nft, targets []nodeops.Target, s ShedSpec) change.Planner 
 			if err := spec.Validate(); err != nil {
 				return nil, err
 			}
-			c := &NftChange{Target: r.Target, Node: r.Target.Name, Script: nft.Render(spec), Before: nt.State, PlannedAt: plannedAt(nt.State),
+			show, command, err := loadScripts(nt.Backend, spec)
+			if err != nil {
+				return nil, err
+			}
+			c := &NftChange{Target: r.Target, Node: r.Target.Name, Script: show, Command: command, Backend: nt.Backend, Before: nt.State, PlannedAt: plannedAt(nt.State),
 				After: "change=" + id, Spec: &spec, Belt: s.TTL}
-			it := c.item(fmt.Sprintf("%s: shed tcp/%d (%s), allow %s, for %s", r.Target.Name, s.Port, modeText(s.Mode, s.Rate), prefixList(spec.Allow), s.TTL))
+			it := c.item(fmt.Sprintf("%s: shed tcp/%d (%s), allow %s, for %s%s", r.Target.Name, s.Port, modeText(s.Mode, s.Rate), prefixList(spec.Allow), s.TTL, withBackend(nt.Backend)))
 			if nt.State.Present && nt.State.Active && sameShed(nt.State, spec) {
 				it.Summary = r.Target.Name + ": already shedding so (" + nt.State.Remaining.Round(time.Second).String() + " left)"
 				it.Payload = nil
@@ -211,7 +310,7 @@ func PlanShedApply(k *Nft, targets []nodeops.Target, s ShedSpec) change.Planner 
 		if len(p.Items)+len(p.Unchanged) == 0 && len(p.Skipped) > 0 {
 			return nil, fmt.Errorf("no node could be planned: %s: %s", p.Skipped[0].Target, p.Skipped[0].Reason)
 		}
-		p.Notes = append(p.Notes, fmt.Sprintf("every rule expires on the node %s after it is applied, even if breakglass dies (a timed set element gates them); `breakglass shed extend` renews, `breakglass shed lift` removes the table", s.TTL))
+		p.Notes = append(p.Notes, fmt.Sprintf("every rule expires on the node %s after it is applied, even if breakglass dies (a timed set element gates them; with iptables, xt_time's date); `breakglass shed extend` renews, `breakglass shed lift` removes the table", s.TTL))
 		return p, nil
 	}
 }
@@ -234,8 +333,17 @@ func PlanShedExtend(k *Nft, targets []nodeops.Target, ttl time.Duration) change.
 			if err := nft.ValidateTTL(ttl); err != nil {
 				return nil, err
 			}
-			c := &NftChange{Target: r.Target, Node: r.Target.Name, Script: nft.RenderExtend(ttl, st.Port), Before: st, PlannedAt: plannedAt(st),
+			c := &NftChange{Target: r.Target, Node: r.Target.Name, Script: nft.RenderExtend(ttl, st.Port), Backend: r.Output.Backend, Before: st, PlannedAt: plannedAt(st),
 				After: plannedAt(st), Belt: ttl}
+			if r.Output.Backend == BackendIptables {
+				// No set to renew: the rules are loaded again with the
+				// new date.
+				spec := nft.Spec{Port: st.Port, Mode: st.Mode, Rate: st.Rate, Allow: st.Allow, TTL: ttl, Change: st.Change}
+				var err error
+				if c.Script, c.Command, err = loadScripts(BackendIptables, spec); err != nil {
+					return nil, err
+				}
+			}
 			was := "lapsed"
 			if st.Active {
 				was = st.Remaining.Round(time.Second).String() + " left"
@@ -263,8 +371,9 @@ func PlanShedLift(k *Nft, targets []nodeops.Target) change.Planner {
 			if !st.Present {
 				continue
 			}
-			c := &NftChange{Target: r.Target, Node: r.Target.Name, Script: nft.RenderLift(), Before: st, PlannedAt: plannedAt(st), After: "absent"}
-			p.Items = append(p.Items, c.item(fmt.Sprintf("%s: delete table inet %s (shed of change %s)", r.Target.Name, nft.Table, st.Change)))
+			c := &NftChange{Target: r.Target, Node: r.Target.Name, Backend: r.Output.Backend, Before: st, PlannedAt: plannedAt(st), After: "absent"}
+			c.Script, c.Command = liftScripts(c.Backend)
+			p.Items = append(p.Items, c.item(fmt.Sprintf("%s: delete %s (shed of change %s)", r.Target.Name, what(c.Backend), st.Change)))
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -342,6 +451,13 @@ func beltScript(ttl time.Duration) string {
 // applyScript checks that the table is still as planned, loads the
 // transaction from stdin and handles the systemd belt, in one command.
 func applyScript(c *NftChange) string {
+	if c.Backend == BackendIptables {
+		// No systemd belt here: the kernel's xt_time ends the shed rule.
+		return `PATH=$PATH:/usr/sbin:/sbin
+now=$(` + iptables.ChangeScript() + `)
+if [ "$now" != ` + nodeops.ShellQuote(c.PlannedAt) + ` ]; then echo "stale: $now" >&2; exit 75; fi
+` + c.Command + `echo belt=none`
+	}
 	return `PATH=$PATH:/usr/sbin:/sbin
 now=absent
 if nft list tables | grep -qx 'table inet ` + nft.Table + `'; then
@@ -356,7 +472,11 @@ nft -f - || exit $?
 const exitStale = 75
 
 func (k *Nft) applyNode(ctx context.Context, c *NftChange) (NftResult, error) {
-	out, err := k.Runner.Run(ctx, c.Target, nodeops.Command{Line: applyScript(c), Stdin: []byte(c.Script)})
+	cmd := nodeops.Command{Line: applyScript(c), Stdin: []byte(c.Script)}
+	if c.Backend == BackendIptables {
+		cmd.Stdin = nil // the rules are in the command
+	}
+	out, err := k.Runner.Run(ctx, c.Target, cmd)
 	var res NftResult
 	for _, l := range strings.Split(string(out.Stdout), "\n") {
 		if b, ok := strings.CutPrefix(l, "belt="); ok {
@@ -431,31 +551,49 @@ func (k *Nft) Undo(ctx context.Context, records []journal.Record, id string, for
 		}
 		targets = append(targets, t)
 	}
+	wasOn := map[string]NftChange{}
+	probe := k
+	for _, t := range targets {
+		var was NftChange
+		if err := jsonUnmarshal(intents[t.Name].Before, &was); err != nil {
+			return nil, fmt.Errorf("change %s: the journal's record of %s: %w", id, t.Name, err)
+		}
+		wasOn[t.Name] = was
+		if was.Backend == BackendIptables && (k.Firewall == "" || k.Firewall == "auto") {
+			// Look where the change wrote, even on a node that has nft too
+			// (--firewall iptables).
+			kk := *k
+			kk.Firewall = BackendIptables
+			probe = &kk
+		}
+	}
 	var items []*change.Item
-	for _, r := range k.Probe(ctx, targets) {
+	for _, r := range probe.Probe(ctx, targets) {
 		if r.Err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Target.Name, r.Err)
 		}
-		var was NftChange
-		if err := jsonUnmarshal(intents[r.Target.Name].Before, &was); err != nil {
-			return nil, fmt.Errorf("change %s: the journal's record of %s: %w", id, r.Target.Name, err)
-		}
+		was := wasOn[r.Target.Name]
 		now := r.Output.State
 		if !force && plannedAt(now) != was.After {
 			return nil, change.Refusedf("%s: the table changed since change %s (now %s)\nhint: look with breakglass shed status; pass --force to put back what the change found anyway", r.Target.Name, id, plannedAt(now))
 		}
-		c := &NftChange{Target: r.Target, Node: r.Target.Name, Before: now, PlannedAt: plannedAt(now)}
+		c := &NftChange{Target: r.Target, Node: r.Target.Name, Backend: r.Output.Backend, Before: now, PlannedAt: plannedAt(now)}
 		prev := was.Before
 		if !prev.Present || !prev.Active || prev.Remaining < time.Minute {
 			if !now.Present {
 				continue
 			}
-			c.Script, c.After = nft.RenderLift(), "absent"
-			items = append(items, undoItem(c, id, fmt.Sprintf("%s: delete table inet %s (it was not there before change %s)", r.Target.Name, nft.Table, id)))
+			c.Script, c.Command = liftScripts(c.Backend)
+			c.After = "absent"
+			items = append(items, undoItem(c, id, fmt.Sprintf("%s: delete %s (it was not there before change %s)", r.Target.Name, what(c.Backend), id)))
 			continue
 		}
 		spec := nft.Spec{Port: prev.Port, Mode: prev.Mode, Rate: prev.Rate, Allow: prev.Allow, TTL: prev.Remaining.Round(time.Second), Change: prev.Change}
-		c.Script, c.Spec, c.Belt, c.After = nft.Render(spec), &spec, spec.TTL, "change="+prev.Change
+		show, command, err := loadScripts(c.Backend, spec)
+		if err != nil {
+			return nil, err
+		}
+		c.Script, c.Command, c.Spec, c.Belt, c.After = show, command, &spec, spec.TTL, "change="+prev.Change
 		items = append(items, undoItem(c, id, fmt.Sprintf("%s: put back the shed of change %s (%s, %s left when %s was planned)", r.Target.Name, prev.Change, modeText(prev.Mode, prev.Rate), spec.TTL, id)))
 	}
 	return items, nil
