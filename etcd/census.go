@@ -344,3 +344,31 @@ func (s *Store) Census(ctx context.Context, o ClusterCensusOptions) (*ClusterCen
 	c.Etcd = s.Members(ctx)
 	return c, nil
 }
+
+// PodRef is a pod found by its uid.
+type PodRef struct {
+	Namespace, Name string
+	Labels          map[string]string
+}
+
+// PodsByUID finds pods by uid in one listing of every pod, decoding only
+// their metadata. It is the fallback for pods a node's containerd could not
+// name: the caller bounds it by the census's pod count.
+func (s *Store) PodsByUID(ctx context.Context, uids map[string]bool) (map[string]PodRef, error) {
+	r, err := s.Layout.Lookup("pods")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]PodRef{}
+	_, err = s.List(ctx, r, ListOptions{MetadataOnly: true}, func(o *Object) error {
+		if o.Decoded == nil {
+			return nil
+		}
+		m := o.Decoded.Meta()
+		if uids[string(m.GetUID())] {
+			out[string(m.GetUID())] = PodRef{Namespace: m.GetNamespace(), Name: m.GetName(), Labels: m.GetLabels()}
+		}
+		return nil
+	})
+	return out, err
+}

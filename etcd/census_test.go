@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
 	"github.com/breakglass/breakglass/etcd"
@@ -194,5 +195,21 @@ func TestCensusEstimatesLargeResources(t *testing.T) {
 	// all 2100 values.
 	if st := counter.Stats(); st.Keys > 2100+600 {
 		t.Errorf("read %d keys for a census of 2100 objects", st.Keys)
+	}
+}
+
+func TestPodsByUID(t *testing.T) {
+	s, srv := newStore(t)
+	for i := range 5 {
+		p := pod("ns", fmt.Sprintf("p-%d", i), "n", map[string]string{"app": "a", "i": fmt.Sprint(i)})
+		p.UID = types.UID(fmt.Sprintf("uid-%d", i))
+		put(t, s, srv.Client, "pods", "ns", p.Name, p, podGVK)
+	}
+	got, err := s.PodsByUID(context.Background(), map[string]bool{"uid-1": true, "uid-3": true, "uid-9": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["uid-1"].Name != "p-1" || got["uid-3"].Namespace != "ns" || got["uid-3"].Labels["i"] != "3" {
+		t.Errorf("%+v", got)
 	}
 }

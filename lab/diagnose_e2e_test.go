@@ -1,8 +1,10 @@
 package lab_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,11 +19,16 @@ import (
 // decodes its report.
 func diagnosis(t *testing.T, st *lab.State) *diagnose.Report {
 	t.Helper()
+	return diagnosisWith(t, st, st.Inventory)
+}
+
+func diagnosisWith(t *testing.T, st *lab.State, inventory string) *diagnose.Report {
+	t.Helper()
 	bin := os.Getenv("BREAKGLASS_BIN")
 	if bin == "" {
 		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
 	}
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	b := &bgRun{t: t, bin: bin, inv: inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
 	r := b.run("diagnose", "-o", "json", "--since", "1h")
 	if r.code != 0 {
 		t.Fatalf("diagnose: exit %d\n%s", r.code, r.stderr)
@@ -132,6 +139,29 @@ func TestIncidentDiagnoseOverload(t *testing.T) {
 	}
 	if in < top.Evidence.Conns/2 {
 		t.Errorf("cp-1 sees %d connections from the workers, the workers %d of the agent's", in, top.Evidence.Conns)
+	}
+
+	// A node whose containerd breakglass cannot reach: the pods holding
+	// connections are named from their objects in etcd instead.
+	inv, err := os.ReadFile(st.Inventory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(inv, []byte("\ncontainerd:")) {
+		t.Log("the lab inventory sets containerd: the fallback is not exercised")
+	} else {
+		alt := filepath.Join(st.Dir, fmt.Sprintf("diagnose-nocri-%d.yaml", os.Getpid()))
+		if err := os.WriteFile(alt, append(inv, "containerd:\n  socket: /nonexistent/containerd.sock\n"...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(alt) })
+		rep := diagnosisWith(t, st, alt)
+		if top := rep.Suspect; top == nil || top.Kind != "DaemonSet" || top.Ref() != ref {
+			t.Errorf("without containerd: top suspect %+v", top)
+		}
+		if !strings.Contains(strings.Join(rep.Notes, "\n"), "named from etcd") {
+			t.Errorf("without containerd: notes %q", rep.Notes)
+		}
 	}
 
 	reset()

@@ -212,6 +212,7 @@ func Run(ctx context.Context, env Env) (*Report, error) {
 		return nil, censusErr
 	}
 	rep.Census = census
+	rep.nameFromEtcd(ctx, store, census, results)
 	rep.assemble(env, census, results)
 	rep.Suspects = rank(rep, census, th)
 	for i := range rep.Suspects {
@@ -331,4 +332,52 @@ func (rep *Report) assemble(env Env, c *etcd.ClusterCensus, results []fanout.Res
 		rep.Nodes = append(rep.Nodes, nr)
 	}
 	rep.Talkers = sortTalkers(talkers, totalOut)
+}
+
+// MaxPodsByUID is the most pods the etcd fallback lists (metadata only) to
+// name pods that a node's containerd could not.
+const MaxPodsByUID = 5000
+
+// nameFromEtcd names, from their objects in etcd, the pods holding
+// connections that containerd did not name (unreachable socket, no sudo),
+// when the cluster's pods are few enough to list.
+func (rep *Report) nameFromEtcd(ctx context.Context, store *etcd.Store, c *etcd.ClusterCensus, results []fanout.ResultOf[*nodeRead]) {
+	want := map[string]bool{}
+	for _, r := range results {
+		if r.Output == nil || r.Output.table == nil {
+			continue
+		}
+		named := map[string]bool{}
+		for _, p := range r.Output.pods {
+			named[p.UID] = true
+		}
+		for _, p := range r.Output.table.Processes {
+			if p.PodUID != "" && !named[p.PodUID] {
+				want[p.PodUID] = true
+			}
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	if pc := c.Resource("pods"); pc == nil || pc.Objects > MaxPodsByUID {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d pods holding connections are named by uid only: containerd did not name them and the cluster has more than %d pods to look them up in etcd", len(want), MaxPodsByUID))
+		return
+	}
+	found, err := store.PodsByUID(ctx, want)
+	if err != nil {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("pods not named from etcd: %v", err))
+		return
+	}
+	for _, r := range results {
+		if r.Output == nil || r.Output.table == nil {
+			continue
+		}
+		for _, p := range r.Output.table.Processes {
+			if ref, ok := found[p.PodUID]; ok && want[p.PodUID] {
+				r.Output.pods = append(r.Output.pods, pods.Pod{Node: r.Target.Name, UID: p.PodUID, Namespace: ref.Namespace, Name: ref.Name, Labels: ref.Labels})
+			}
+		}
+	}
+	rep.Notes = append(rep.Notes, fmt.Sprintf("%d of %d pods that containerd did not name were named from etcd", len(found), len(want)))
 }
