@@ -53,8 +53,12 @@ the commands, and journaled with the run's ID, so that an interrupted run
 resumes without redoing finished steps and a run can be undone. The format
 and the built-in runbooks are described in docs/runbooks.md.
 
-Without a terminal, or with --yes, a run prints plain progress on stderr;
-with -o json it prints JSON event lines on stdout (docs/json-output.md).
+In a terminal (stdin and stdout), without --yes and -o json, "runbook run"
+opens a TUI: the steps with their status, the current step's plan and
+progress, the apiserver's health as the checks see it, a log, and the
+questions (y yes, n no, Ctrl-C twice aborts, ? help). Otherwise a run
+prints plain progress on stderr; with -o json JSON event lines on stdout
+(docs/json-output.md).
 
 ` + runbookExitCodes,
 	}
@@ -416,8 +420,11 @@ took, and how long until the apiserver answered within its SLO.
 				return err
 			}
 			defer r.Close()
-			_, err = r.Start(cmd.Context(), rb, params)
-			return err
+			start := func(ctx context.Context) error { _, err := r.Start(ctx, rb, params); return err }
+			if useTUI(d) {
+				return runTUI(cmd.Context(), d, r, rb, start)
+			}
+			return start(cmd.Context())
 		},
 	}
 	addRunbookFlags(cmd, d, o, true)
