@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,8 +53,12 @@ const (
 	fleetConfigMaps     = 500
 	fleetConfigMapBytes = 2048
 	overloadCPUMillis   = 100
-	// telemetryPaths are what every agent LISTs, in turn.
+	// telemetryPaths are what every agent LISTs, in turn, in pages of
+	// telemetryPage objects (as informers and kubectl do: a paginated LIST
+	// is read from etcd, not from the watch cache), telemetryLoops at once.
 	telemetryPaths = "/api/v1/pods,/api/v1/nodes,/api/v1/configmaps"
+	telemetryPage  = 100
+	telemetryLoops = 48
 	// SLO is how fast an ordinary user's `kubectl get pods` must answer
 	// for the apiserver to count as healthy.
 	SLO = time.Second
@@ -186,7 +191,11 @@ func (l *Lab) waitSaturated(ctx context.Context, timeout time.Duration) error {
 	var last Probe
 	var perr error
 	err := poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
-		last, perr = l.probeAPI(ctx, "wait", 3, 5*time.Second)
+		p, err := l.probeAPI(ctx, "wait", 3, 5*time.Second)
+		if ctx.Err() != nil {
+			return false // the deadline, mid-probe: keep the last full probe
+		}
+		last, perr = p, err
 		return perr == nil && last.Requests-last.OK+last.Slow >= 2
 	})
 	if err == errTimeout {
@@ -362,7 +371,8 @@ func createTelemetry(ctx context.Context, c *kube, apiserver string) error {
 								ImagePullPolicy: corev1.PullNever,
 								Env: []corev1.EnvVar{
 									{Name: "APISERVER", Value: apiserver},
-									{Name: "CONCURRENCY", Value: "32"},
+									{Name: "CONCURRENCY", Value: strconv.Itoa(telemetryLoops)},
+									{Name: "PAGE", Value: strconv.Itoa(telemetryPage)},
 									{Name: "PATHS", Value: telemetryPaths},
 								},
 							}},

@@ -47,6 +47,9 @@ func TestIncidentSoak(t *testing.T) {
 			t.Fatalf("round %d %s: after reset, etcd still holds %s", round, incident, strings.Join(left, ", "))
 		}
 	}
+	// A round that fails leaves its incident running: end it, so that the
+	// lab is usable afterwards.
+	t.Cleanup(func() { run("lab", "incident", "reset", "--dir", s.Dir) })
 	workers := len(s.HostsWithRole("worker"))
 	incidents := []string{lab.IncidentOverload, lab.IncidentPreemption}
 	if only := os.Getenv("BREAKGLASS_LAB_SOAK_ONLY"); only != "" {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -203,6 +204,7 @@ func (l *Lab) startSupervised(h Host, component string, s Spec) error {
 	}
 	defer logf.Close()
 	argv := h.inHost(l.opts.Self, "lab", "supervise", filepath.Join(specDir, component+".json"))
+	noInheritedFDs()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -215,3 +217,21 @@ func (l *Lab) startSupervised(h Host, component string, s Spec) error {
 	}
 	return cmd.Process.Release()
 }
+
+// noInheritedFDs marks every file descriptor this process inherited (beyond
+// stdin, stdout and stderr) close-on-exec, once, before the lab starts its
+// long-lived supervisors: Go opens its own files close-on-exec, but a
+// descriptor inherited from the caller is passed on to every child, so a
+// `flock LOCK breakglass lab up` would leave the lock held by the lab's
+// daemons until lab down.
+var noInheritedFDs = sync.OnceFunc(func() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+})

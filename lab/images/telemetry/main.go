@@ -11,10 +11,12 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -46,38 +48,63 @@ func main() {
 			MaxIdleConnsPerHost: workers,
 		},
 	}
+	page, _ := strconv.Atoi(os.Getenv("PAGE"))
 	var ok, throttled, failed atomic.Int64
 	for i := 0; i < workers; i++ {
 		go func(i int) {
-			for n := i; ; n++ {
+			// Each loop LISTs one collection whole, in pages of PAGE
+			// objects when PAGE is set (as informers and kubectl do), then
+			// the next.
+			cont := ""
+			for n := i; ; {
+				path := paths[n%len(paths)]
+				if page > 0 {
+					path += "?limit=" + strconv.Itoa(page)
+					if cont != "" {
+						path += "&continue=" + url.QueryEscape(cont)
+					}
+				}
 				// The token is re-read: kubelet rotates projected tokens.
 				token, _ := os.ReadFile(saDir + "/token")
-				req, _ := http.NewRequest("GET", server+paths[n%len(paths)], nil)
+				req, _ := http.NewRequest("GET", server+path, nil)
 				req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 				req.Header.Set("User-Agent", "telemetry-agent/1.0")
 				resp, err := client.Do(req)
 				if err != nil {
 					failed.Add(1)
+					cont = ""
 					time.Sleep(100 * time.Millisecond)
 					continue
+				}
+				var list struct {
+					Metadata struct {
+						Continue string `json:"continue"`
+					} `json:"metadata"`
+				}
+				if resp.StatusCode == http.StatusOK {
+					err = json.NewDecoder(resp.Body).Decode(&list)
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				switch {
 				case resp.StatusCode == http.StatusTooManyRequests:
 					// As client-go does: wait as long as the apiserver
-					// asks (Retry-After), then try again.
+					// asks (Retry-After), then ask for the same page again.
 					throttled.Add(1)
 					wait, err := strconv.Atoi(resp.Header.Get("Retry-After"))
 					if err != nil || wait < 1 {
 						wait = 1
 					}
 					time.Sleep(time.Duration(wait) * time.Second)
-				case resp.StatusCode >= 300:
+				case resp.StatusCode >= 300 || err != nil:
 					failed.Add(1)
+					cont = ""
 					time.Sleep(100 * time.Millisecond)
 				default:
 					ok.Add(1)
+					if cont = list.Metadata.Continue; cont == "" {
+						n++
+					}
 				}
 			}
 		}(i)
