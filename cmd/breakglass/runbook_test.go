@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 
 	"github.com/breakglass/breakglass/etcd"
+	"github.com/breakglass/breakglass/recover/journal"
 )
 
 const cliRunbook = `name: scale-web
@@ -35,16 +40,7 @@ func writeFile(t *testing.T, name, text string) string {
 
 func (e *etcdEnv) webReplicas(t *testing.T) int32 {
 	t.Helper()
-	key := "/registry/deployments/shop/web"
-	kv, _, err := e.store.Get(context.Background(), key, etcd.Linearizable)
-	if err != nil || kv == nil {
-		t.Fatalf("%s: %v", key, err)
-	}
-	d, err := e.store.Codec.Decode(key, kv.Value, kv.ModRevision)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return *d.Object.(*appsv1.Deployment).Spec.Replicas
+	return e.replicasOf(t, "web")
 }
 
 func TestRunbookValidate(t *testing.T) {
@@ -145,4 +141,108 @@ func TestRunbookPlanApply(t *testing.T) {
 	if _, errOut, code := e.run(t, append([]string{"runbook", "apply", plan, "--yes"}, jnl...)...); code != 0 || e.webReplicas(t) != 1 {
 		t.Fatalf("apply: exit %d, replicas %d\n%s", code, e.webReplicas(t), errOut)
 	}
+}
+
+// A run killed with SIGKILL in the middle (after its first step, while it
+// waits for a check) is resumed by another process to the same end state
+// without redoing the finished step, and then undone to the start.
+func TestRunbookResumeAfterSIGKILL(t *testing.T) {
+	e := newEtcdEnv(t)
+	e.putDeploy(t, "shop", "web", 3)
+	e.putDeploy(t, "shop", "api", 2)
+	var healthy atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !healthy.Load() {
+			http.Error(w, "not yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	inv := writeFile(t, "inventory.yaml", "apiserver:\n  url: "+srv.URL+"\n")
+	rb := writeFile(t, "resume.yaml", `name: resume-me
+steps:
+  - id: web
+    type: scale
+    params: {object: shop/web, replicas: "0"}
+  - id: ready
+    type: wait-until
+    params: {check: apiserver, path: /healthz, requests: "1", within: 5s, timeout: 10m, interval: 100ms}
+  - id: api
+    type: scale
+    params: {object: shop/api, replicas: "0"}
+`)
+	args := func(a ...string) []string {
+		return append(a, "--inventory", inv, "--endpoints", e.srv.Endpoint, "--journal", e.journal, "--yes", "-o", "json")
+	}
+	cmd, _, _ := startBinary(t, nil, args("runbook", "run", rb)...)
+	// Killed once the first step is journaled as finished, while the run
+	// waits for the check.
+	var runID string
+	waitFor(t, "the first step to finish", time.Minute, func() (bool, error) {
+		recs, err := journal.Read(e.journal)
+		if err != nil {
+			return false, err
+		}
+		for _, r := range recs {
+			if r.Kind == "runbook" && r.Op == "runbook-step" && r.Step == "web" && r.Type == journal.TypeOutcome {
+				runID = r.ID
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	if e.webReplicas(t) != 0 {
+		t.Fatalf("web %d before the kill", e.webReplicas(t))
+	}
+	healthy.Store(true)
+
+	res := runBinary(t, nil, args("runbook", "resume", runID)...)
+	if res.code != 0 {
+		t.Fatalf("resume: exit %d\n%s\n%s", res.code, res.stdout, res.stderr)
+	}
+	for _, l := range jsonLines(t, res.stdout) {
+		if l["type"] == "stepStarted" && l["id"] == "web" {
+			t.Errorf("resume ran the finished step web again")
+		}
+	}
+	recs, err := journal.Read(e.journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := map[string]int{}
+	for _, r := range recs {
+		if r.ID == runID && r.Op == "runbook-step" && r.Type == journal.TypeIntent {
+			changes[r.Step]++
+		}
+	}
+	if changes["web"] != 1 || changes["api"] != 1 {
+		t.Errorf("changes per step %v, want one for web and one for api", changes)
+	}
+	if got := e.replicasOf(t, "api"); got != 0 {
+		t.Errorf("api %d after resume", got)
+	}
+
+	res = runBinary(t, nil, args("runbook", "undo", runID)...)
+	if res.code != 0 || e.webReplicas(t) != 3 || e.replicasOf(t, "api") != 2 {
+		t.Fatalf("undo: exit %d, web %d, api %d\n%s", res.code, e.webReplicas(t), e.replicasOf(t, "api"), res.stderr)
+	}
+}
+
+func (e *etcdEnv) replicasOf(t *testing.T, name string) int32 {
+	t.Helper()
+	key := "/registry/deployments/shop/" + name
+	kv, _, err := e.store.Get(context.Background(), key, etcd.Linearizable)
+	if err != nil || kv == nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	d, err := e.store.Codec.Decode(key, kv.Value, kv.ModRevision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *d.Object.(*appsv1.Deployment).Spec.Replicas
 }
