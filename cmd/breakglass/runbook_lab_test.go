@@ -236,3 +236,67 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// TestLabRunbookPreemptionCascade: under the preemption incident, the
+// built-in priority-preemption-cascade runbook (--yes -o json) scales the
+// preemptor down in etcd and waits until every original ingester's
+// replacement runs again; what runs is read from the workers' containerd
+// (pods list), not from the apiserver. Undo scales the preemptor back.
+func TestLabRunbookPreemptionCascade(t *testing.T) {
+	st := labtest.Lab(t)
+	l, err := lab.Open(st.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runbookLab{st: st, l: l, inv: labInventory(t, st, nil), journal: filepath.Join(t.TempDir(), "journal.jsonl")}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if err := l.Reset(context.Background(), testWriter{t}); err != nil {
+			t.Errorf("reset: %v", err)
+		}
+	})
+	res, err := l.Preemption(ctx, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint(res.OriginalIngesters)
+	out, _, code := r.run(t, "runbook", "run", "priority-preemption-cascade", "--yes", "-o", "json",
+		"--param", "preemptor="+lab.NewClusterNS+"/new-cluster", "--param", "victims="+lab.IngesterNamespace,
+		"--param", "victimSelector=app=ingester", "--param", "victimCount="+want, "--param", "timeout=5m")
+	if code != 0 {
+		t.Fatalf("run: exit %d", code)
+	}
+	var runID string
+	for _, l := range jsonLines(t, out) {
+		if l["type"] == "runFinished" {
+			runID, _ = l["runId"].(string)
+			if l["status"] != "ok" {
+				t.Errorf("run finished %v", l)
+			}
+		}
+	}
+	// From the workers' containerd: the ingesters run, the preemptor not.
+	so, _, _ := r.run(t, "pods", "list", "--nodes", "role=worker", "-o", "json")
+	running := map[string]int{}
+	for _, p := range podLines(t, so) {
+		if p.State == "ready" && (p.Namespace == lab.IngesterNamespace || p.Namespace == lab.NewClusterNS) {
+			for _, c := range p.Containers {
+				if c.State == "running" {
+					running[p.Namespace]++
+					break
+				}
+			}
+		}
+	}
+	if fmt.Sprint(running[lab.IngesterNamespace]) != want || running[lab.NewClusterNS] != 0 {
+		t.Errorf("running pods per namespace %v, want %s ingesters and no preemptor", running, want)
+	}
+	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes"); code != 0 {
+		t.Errorf("undo: exit %d", code)
+	}
+	gout, _, _ := r.run(t, "get", "deployments", "-n", lab.NewClusterNS, "new-cluster", "-o", "json")
+	if !strings.Contains(gout, fmt.Sprintf(`"replicas": %d`, len(st.HostsWithRole("worker")))) && !strings.Contains(gout, fmt.Sprintf(`"replicas":%d`, len(st.HostsWithRole("worker")))) {
+		t.Errorf("undo did not scale the preemptor back:\n%s", gout)
+	}
+}
