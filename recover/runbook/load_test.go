@@ -68,7 +68,7 @@ func TestLoadErrors(t *testing.T) {
 		{"missing id", "name: x\nsteps:\n  - type: note\n    params: {message: hi}\n", []string{"f.yaml:3: steps[0].id: missing"}},
 		{"duplicate id", "name: x\nsteps:\n  - {id: a, type: note, params: {message: hi}}\n  - {id: a, type: note, params: {message: hi}}\n", []string{`f.yaml:4: steps[1].id: "a": already the id of steps[0]`}},
 		{"id with dash", "name: x\nsteps:\n  - {id: my-step, type: note, params: {message: hi}}\n", []string{`f.yaml:3: steps[0].id: "my-step": step ids are letters`}},
-		{"unknown param", "name: x\nsteps:\n  - id: a\n    type: shed-lift\n    params:\n      node: cp-1\n", []string{"f.yaml:6: steps[0].params.node: unknown parameter (want one of nodes)"}},
+		{"unknown param", "name: x\nsteps:\n  - id: a\n    type: shed-lift\n    params:\n      node: cp-1\n", []string{"f.yaml:6: steps[0].params.node: unknown parameter (want one of nodes, firewall)"}},
 		{"missing required param", "name: x\nsteps:\n  - id: a\n    type: shed-network\n    params:\n      mode: drop\n", []string{"f.yaml:6: steps[0].params.ttl: missing: how long"}},
 		{"bad literal type", "name: x\nsteps:\n  - id: a\n    type: shed-network\n    params:\n      ttl: soon\n", []string{`f.yaml:6: steps[0].params.ttl: "soon" is not a duration`}},
 		{"bad onFailure", "name: x\nsteps:\n  - id: a\n    type: note\n    params: {message: hi}\n    onFailure: retry\n", []string{`f.yaml:6: steps[0].onFailure: "retry": want stop, continue or rollback`}},

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/nft"
 	"github.com/breakglass/breakglass/nodeops/pods"
 	"github.com/breakglass/breakglass/recover/change"
@@ -16,6 +17,19 @@ import (
 // on the control-plane nodes) and pods through containerd.
 
 var nodesParam = ParamSpec{Name: "nodes", Type: "list", Doc: "nodes to act on: names, globs, role=ROLE, label=SELECTOR"}
+
+var firewallParam = ParamSpec{Name: "firewall", Type: "string", Default: "auto", Doc: "how the shed is written: auto (nft, or iptables where a node has no nft), nft or iptables"}
+
+// nftKind is the shed kind for targets, written with the firewall a's
+// firewall parameter names.
+func nftKind(s *Session, a Args, targets []nodeops.Target) (*steps.Nft, error) {
+	if err := steps.ValidateFirewall(a.String("firewall")); err != nil {
+		return nil, fmt.Errorf("firewall %w", err)
+	}
+	k := s.Env.Nft(targets)
+	k.Firewall = a.String("firewall")
+	return k, nil
+}
 
 var podSelectParams = []ParamSpec{
 	{Name: "namespace", Type: "string", Doc: "pods of this namespace only"},
@@ -43,17 +57,20 @@ func init() {
 			{Name: "allow", Type: "list", Doc: "sources let through (CIDRs or addresses), besides the defaults"},
 			{Name: "port", Type: "int", Doc: "the apiserver port (default: the inventory's)"},
 			{Name: "noDefaultAllow", Type: "list", Doc: "defaults to leave out: operator, control-plane, etcd, loopback"},
-			nodesParam,
+			nodesParam, firewallParam,
 		},
 		Prepare: prepareShed})
 	RegisterStep(StepType{Name: "shed-lift", Summary: "remove breakglass's nft table from the nodes (default: the control plane)",
-		Params: []ParamSpec{nodesParam},
+		Params: []ParamSpec{nodesParam, firewallParam},
 		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {
 			targets, err := s.Nodes(ctx, a.List("nodes"), steps.ShedNodes)
 			if err != nil {
 				return nil, err
 			}
-			k := s.Env.Nft(targets)
+			k, err := nftKind(s, a, targets)
+			if err != nil {
+				return nil, err
+			}
 			return &Action{Kinds: []change.Kind{k}, Planner: steps.PlanShedLift(k, targets)}, nil
 		}})
 	RegisterStep(StepType{Name: "stop-pods", Summary: "stop the selected pods on every node through containerd (kubelet starts them again)",
@@ -115,7 +132,10 @@ func prepareShed(ctx context.Context, s *Session, a Args) (*Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := s.Env.Nft(targets)
+	k, err := nftKind(s, a, targets)
+	if err != nil {
+		return nil, err
+	}
 	spec := steps.ShedSpec{Port: s.Env.ShedPort(port), Mode: mode, Rate: rate, TTL: ttl, Allow: allow, Defaults: defaults,
 		NoOperator: slices.Contains(leaveOut, "operator")}
 	return &Action{Kinds: []change.Kind{k}, Planner: steps.PlanShedApply(k, targets, spec)}, nil
