@@ -52,12 +52,12 @@ const (
 	FleetNamespace      = "fleet"
 	fleetConfigMaps     = 500
 	fleetConfigMapBytes = 2048
-	overloadCPUMillis   = 100
+	overloadCPUMillis   = 50
 	// telemetryPaths are what every agent LISTs, in turn, in pages of
 	// telemetryPage objects (as informers and kubectl do: a paginated LIST
 	// is read from etcd, not from the watch cache), telemetryLoops at once.
 	telemetryPaths = "/api/v1/pods,/api/v1/nodes,/api/v1/configmaps"
-	telemetryPage  = 100
+	telemetryPage  = 0
 	telemetryLoops = 48
 	// SLO is how fast an ordinary user's `kubectl get pods` must answer
 	// for the apiserver to count as healthy.
