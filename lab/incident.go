@@ -39,7 +39,7 @@ const (
 // The overload incident's load and the apiserver it meets. The telemetry
 // agents LIST, from every node, the cluster's pods, nodes and ConfigMaps;
 // the cluster holds fleetConfigMaps ConfigMaps of fleetConfigMapBytes each
-// (about 4.8 MB of JSON per LIST), so the agents' cost grows with the
+// (about 1.2 MB of JSON per LIST), so the agents' cost grows with the
 // cluster, as in December 2024. The apiserver keeps API Priority and
 // Fairness in its default configuration and its default inflight limits
 // (APF then puts the agents in workload-low and an ordinary user in
@@ -48,14 +48,19 @@ const (
 // control-plane machine that is small for that load. An ordinary user's
 // kubectl then waits seconds or times out, while the exempt admin
 // (system:masters) still gets through, slowly.
+//
+// The figures were chosen in the lab (2 cores): with 100m, or with LISTs
+// paginated in 100s, APF and Go's scheduler kept an ordinary user's
+// requests fast more often than not; a flow-control shed leaves one agent
+// request running at a time (see docs/shed.md), which 50m absorbs and 25m
+// did not.
 const (
 	FleetNamespace      = "fleet"
 	fleetConfigMaps     = 500
 	fleetConfigMapBytes = 2048
 	overloadCPUMillis   = 50
-	// telemetryPaths are what every agent LISTs, in turn, in pages of
-	// telemetryPage objects (as informers and kubectl do: a paginated LIST
-	// is read from etcd, not from the watch cache), telemetryLoops at once.
+	// telemetryPaths are what every agent LISTs, in turn, telemetryLoops
+	// at once; whole (telemetryPage 0), or in pages of telemetryPage.
 	telemetryPaths = "/api/v1/pods,/api/v1/nodes,/api/v1/configmaps"
 	telemetryPage  = 0
 	telemetryLoops = 48
