@@ -34,7 +34,11 @@ func (r *runbookLab) run(t *testing.T, args ...string) (stdout, stderr string, c
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	root := newRootCmd(d)
-	root.SetArgs(append(args, "--inventory", r.inv, "--journal", r.journal))
+	args = append(args, "--inventory", r.inv)
+	if args[0] == "runbook" {
+		args = append(args, "--journal", r.journal)
+	}
+	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	code = reportError(&errOut, err, ctx)
 	t.Logf("breakglass %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out.String(), errOut.String())
