@@ -543,6 +543,7 @@ nothing (notes, checks) run as in the runbook. --dry-run shows the plan.
 func newCmdRunbookUndo(d *Deps) *cobra.Command {
 	o := &runbookOptions{}
 	var step int
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "undo RUN-ID [--step N]",
 		Short: "Reverse a run: its steps' changes, the last first",
@@ -550,7 +551,9 @@ func newCmdRunbookUndo(d *Deps) *cobra.Command {
 engine's undo (etcd objects back to their exact bytes, the nft table as it
 was, a hold lifted), each planned, shown and confirmed. --step N undoes one
 step only. A command run by an exec step cannot be undone and a stop has
-nothing to put back: both are reported and passed over.
+nothing to put back: both are reported and passed over. An etcd object that
+changed since the run wrote it (a controller updated its status) is refused
+(exit 4) unless --force, as breakglass undo does.
 
 ` + runbookExitCodes,
 		Args: cobra.ExactArgs(1),
@@ -570,11 +573,13 @@ nothing to put back: both are reported and passed over.
 				return err
 			}
 			defer r.Close()
+			r.Force = force
 			return r.Undo(cmd.Context(), records, args[0], step)
 		},
 	}
 	addRunbookFlags(cmd, d, o, false)
 	cmd.Flags().IntVar(&step, "step", 0, "undo only this step (its number, from 1)")
+	cmd.Flags().BoolVar(&force, "force", false, "put back what the run replaced even where the target changed since")
 	return cmd
 }
 

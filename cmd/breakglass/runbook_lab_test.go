@@ -296,8 +296,13 @@ func TestLabRunbookPreemptionCascade(t *testing.T) {
 	if fmt.Sprint(running[lab.IngesterNamespace]) != want || running[lab.NewClusterNS] != 0 {
 		t.Errorf("running pods per namespace %v, want %s ingesters and no preemptor", running, want)
 	}
-	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes"); code != 0 {
-		t.Errorf("undo: exit %d", code)
+	// The controller updated the Deployment's status since the scale:
+	// undo refuses it (exit 4) unless --force.
+	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes"); code != 4 {
+		t.Errorf("undo without --force: exit %d, want 4 (the object changed since)", code)
+	}
+	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes", "--force"); code != 0 {
+		t.Errorf("undo --force: exit %d", code)
 	}
 	gout, _, _ := r.run(t, "get", "deployments", "-n", lab.NewClusterNS, "new-cluster", "-o", "json")
 	if !strings.Contains(gout, fmt.Sprintf(`"replicas": %d`, len(st.HostsWithRole("worker")))) && !strings.Contains(gout, fmt.Sprintf(`"replicas":%d`, len(st.HostsWithRole("worker")))) {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/breakglass/breakglass/recover/change"
@@ -160,7 +161,7 @@ func (rp *runbookPrinter) print(ev change.Event) {
 		fmt.Fprintln(w, line)
 	case change.RunFinished:
 		undo := ""
-		if ev.RunID != change.DryRunID && ev.Status != "undone" {
+		if ev.RunID != change.DryRunID && !strings.HasPrefix(ev.Status, "undo") {
 			undo = "breakglass runbook undo " + ev.RunID
 		}
 		if rp.json {

@@ -32,7 +32,10 @@ type Engine struct {
 	Confirm change.Confirm
 	// OpenJournal opens the journal (never on a dry run).
 	OpenJournal func() (*journal.Journal, error)
-	Now         func() time.Time
+	// Force lets an undo put back what a change replaced even where the
+	// target changed since (a controller updated an object's status).
+	Force bool
+	Now   func() time.Time
 	// Emit receives every event: the run's and each change's.
 	Emit func(change.Event)
 

@@ -168,7 +168,7 @@ func (e *Engine) Undo(ctx context.Context, records []journal.Record, id string, 
 	err = e.undoRun(ctx, id, step, list)
 	status := "undone"
 	if err != nil {
-		status = "failed"
+		status = "undo-failed"
 	}
 	if e.journal != nil && !e.DryRun && err == nil {
 		if jerr := e.journal.Append(&journal.Record{Type: journal.TypeOutcome, ID: id, Kind: KindRunbook, Op: OpUndo, Runbook: l.start.Runbook,
@@ -226,7 +226,7 @@ func (e *Engine) undoRun(ctx context.Context, id string, step int, list []stepCh
 				s.Note("change %s of step %d stopped pods: nothing to put back (kubelet starts them again)", cid, sc.Index)
 				continue
 			}
-			if _, err := ce.Undo(ctx, records, cid, false); err != nil {
+			if _, err := ce.Undo(ctx, records, cid, e.Force); err != nil {
 				var partial *change.PartialError
 				if errors.As(err, &partial) {
 					failed = append(failed, fmt.Sprintf("step %d change %s: %v", sc.Index, cid, err))
