@@ -71,7 +71,12 @@ func (r *runbookLab) nodesAndEtcd(t *testing.T) string {
 		t.Fatalf("get -o json: %v", err)
 	}
 	for _, it := range list.Items {
-		fmt.Fprintf(&b, "daemonset %s generation %d spec %s\n", it.Metadata.Name, it.Metadata.Generation, it.Spec)
+		// One line: get -o json indents as kubectl does.
+		var spec bytes.Buffer
+		if err := json.Compact(&spec, it.Spec); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "daemonset %s generation %d spec %s\n", it.Metadata.Name, it.Metadata.Generation, spec.String())
 	}
 	so, _, code := r.run(t, "shed", "status", "-o", "json")
 	if code != 0 {
