@@ -63,7 +63,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad name", "name: Bad_Name\nsteps: [{id: a, type: note, params: {message: hi}}]\n", []string{"f.yaml:1: name: \"Bad_Name\""}},
 		{"no steps", "name: x\nsteps: []\n", []string{"f.yaml:2: steps: want a list of at least one step"}},
 		{"unknown type", "name: x\nsteps:\n  - id: a\n    type: shed-netwrok\n", []string{`f.yaml:4: steps[0].type: unknown step type "shed-netwrok" (this build has: `}},
-		{"type not in this build", "name: x\nsteps:\n  - id: a\n    type: diagnose\n", []string{`f.yaml:4: steps[0].type: step type "diagnose" (finding the offending workload and client) is not available in this build`}},
+		{"type not in this build", "name: x\nsteps:\n  - id: a\n    type: kubelet-stop\n", []string{`f.yaml:4: steps[0].type: step type "kubelet-stop" (stopping kubelet on nodes) is not available in this build`}},
 		{"apiserver-tune not in this build", "name: x\nsteps:\n  - id: a\n    type: apiserver-tune\n", []string{`f.yaml:4: steps[0].type: step type "apiserver-tune" (changing the apiserver's flags in its manifest) is not available in this build`}},
 		{"missing id", "name: x\nsteps:\n  - type: note\n    params: {message: hi}\n", []string{"f.yaml:3: steps[0].id: missing"}},
 		{"duplicate id", "name: x\nsteps:\n  - {id: a, type: note, params: {message: hi}}\n  - {id: a, type: note, params: {message: hi}}\n", []string{`f.yaml:4: steps[1].id: "a": already the id of steps[0]`}},

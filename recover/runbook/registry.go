@@ -136,7 +136,6 @@ func CheckTypes() []*CheckType {
 // still being built: a runbook naming one is refused as "not available in
 // this build", not as a typo.
 var unavailable = map[string]string{
-	"diagnose":       "finding the offending workload and client",
 	"apiserver-tune": "changing the apiserver's flags in its manifest",
 	"apiserver-add":  "starting another apiserver",
 	"kubelet-stop":   "stopping kubelet on nodes",

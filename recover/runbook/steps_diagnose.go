@@ -1,0 +1,102 @@
+package runbook
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/pods"
+	"github.com/breakglass/breakglass/recover/diagnose"
+	"github.com/breakglass/breakglass/recover/steps"
+)
+
+// The diagnose step: read-only, so a dry run runs it too. Its results name
+// the top suspect for later steps: {{ .steps.ID.daemonset }} (or
+// deployment, statefulset, priorityclass), kind, ref, serviceaccount,
+// runbook and selector; all empty when no suspect is above threshold.
+func init() {
+	RegisterStep(StepType{Name: "diagnose", Summary: "name the offender from etcd and the nodes (read-only): its results select it for later steps",
+		Params: []ParamSpec{
+			{Name: "since", Type: "duration", Default: "6h", Doc: "how recent a workload counts as new"},
+			{Name: "nodes", Type: "list", Doc: "nodes to read (default: every node)"},
+			{Name: "nodeTimeout", Type: "duration", Default: "8s", Doc: "how long each node may take"},
+			{Name: "via", Type: "string", Doc: "how to reach containerd: auto, forward or sudo"},
+			{Name: "require", Type: "bool", Doc: "fail the step when no suspect is above threshold"},
+		},
+		Prepare: prepareDiagnose})
+}
+
+func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
+	since, err := a.Duration("since")
+	if err != nil {
+		return nil, err
+	}
+	timeout, err := a.Duration("nodeTimeout")
+	if err != nil {
+		return nil, err
+	}
+	require, err := a.Bool("require")
+	if err != nil {
+		return nil, err
+	}
+	return &Action{Do: func(ctx context.Context, _ bool) (map[string]string, error) {
+		store, err := s.Store(ctx)
+		if err != nil {
+			return nil, err
+		}
+		env := diagnose.Env{Store: store, Since: since, NodeTimeout: timeout, Concurrency: s.Env.Fanout.Concurrency, Now: s.Env.Now}
+		if s.Env.Inventory != nil {
+			env.APIServerPort = s.Env.Inventory.APIServer.Port
+		}
+		if s.Env.Runner != nil {
+			nodes, err := s.Nodes(ctx, a.List("nodes"), "")
+			if err != nil {
+				return nil, err
+			}
+			env.Runner, env.Nodes = s.Env.Runner, nodes
+			if s.Env.SSH != nil {
+				via, err := steps.ContainerdVia(s.Env.Inventory, a.String("via"))
+				if err != nil {
+					return nil, err
+				}
+				k := s.Env.Pods(nodes, via)
+				env.Containerd = func(ctx context.Context, t nodeops.Target) (*pods.Node, error) {
+					n, _, err := k.Connect(ctx, t)
+					return n, err
+				}
+			}
+		}
+		rep, err := diagnose.Run(ctx, env)
+		if err != nil {
+			return nil, err
+		}
+		s.Note("diagnose read %d etcd ranges and %d nodes (%d failed)", rep.Reads.Ranges, rep.SSH.Nodes, rep.SSH.Failed)
+		res := suspectResult(rep.Suspect)
+		if rep.Suspect == nil {
+			if require {
+				return res, fmt.Errorf("diagnose: no suspect above threshold")
+			}
+			s.Note("no suspect above threshold")
+			return res, nil
+		}
+		s.Note("top suspect: %s %s (score %.0f): %s", rep.Suspect.Kind, rep.Suspect.Ref(), rep.Suspect.Score, strings.Join(rep.Suspect.Why, "; "))
+		return res, nil
+	}}, nil
+}
+
+// suspectResult is the step's results for a suspect (every key, empty
+// for none, so that later templates always render).
+func suspectResult(sp *diagnose.Suspect) map[string]string {
+	res := map[string]string{"kind": "", "ref": "", "serviceaccount": "", "runbook": "", "selector": "",
+		"daemonset": "", "deployment": "", "statefulset": "", "priorityclass": ""}
+	if sp == nil {
+		return res
+	}
+	res["kind"], res["ref"], res["serviceaccount"], res["runbook"] = sp.Kind, sp.Ref(), sp.ServiceAccount, sp.Runbook
+	res["selector"] = strings.Join(sp.Selector, " ")
+	if key := strings.ToLower(sp.Kind); key == "daemonset" || key == "deployment" || key == "statefulset" || key == "priorityclass" {
+		res[key] = sp.Ref()
+	}
+	return res
+}
