@@ -312,17 +312,6 @@ func (l *Lab) defaultAPIServerSpec() Spec {
 	return apiserverSpec(l.State.Hosts[0], l.State.Binaries.KubeAPIServer, nil)
 }
 
-func flagList(m map[string]string) string {
-	s := ""
-	for _, f := range sortedFlags(m) {
-		if s != "" {
-			s += " "
-		}
-		s += f
-	}
-	return s
-}
-
 func appendUnique(list []string, s string) []string {
 	for _, x := range list {
 		if x == s {

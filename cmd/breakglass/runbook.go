@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -614,18 +613,4 @@ and parameters are the ones the run started with (the journal keeps them).
 	}
 	addRunbookFlags(cmd, d, o, false)
 	return cmd
-}
-
-// sortedResult is a step result as k=v, sorted.
-func sortedResult(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var parts []string
-	for _, k := range keys {
-		parts = append(parts, k+"="+m[k])
-	}
-	return strings.Join(parts, " ")
 }
