@@ -69,7 +69,13 @@ func (d *Deps) changeEngine(ctx context.Context) (*change.Engine, *change.Etcd, 
 // events through a stream.
 func (d *Deps) newEngine() (*change.Engine, *change.Stream) {
 	ep := &eventPrinter{d: d, p: newPrinter(d.Out, d.Global.Output)}
-	stream := change.NewStream(256, ep.print)
+	return d.newEngineWith(ep.print)
+}
+
+// newEngineWith is newEngine with a printer of the command's own (exec
+// prints its nodes' output).
+func (d *Deps) newEngineWith(print func(change.Event)) (*change.Engine, *change.Stream) {
+	stream := change.NewStream(256, print)
 	emit := stream.Emit
 	if tap := testEventTap; tap != nil {
 		emit = func(ev change.Event) { tap(ev); stream.Emit(ev) }

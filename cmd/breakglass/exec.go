@@ -11,7 +11,6 @@ import (
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/recover/change"
-	"github.com/breakglass/breakglass/recover/journal"
 	"github.com/breakglass/breakglass/recover/steps"
 )
 
@@ -133,17 +132,10 @@ func runExec(ctx context.Context, d *Deps, opts *execOptions) error {
 	if !d.Global.DryRun {
 		x.bar = startProgress(d, "exec", len(nodes))
 	}
-	stream := change.NewStream(256, x.print)
-	emit := stream.Emit
-	if tap := testEventTap; tap != nil {
-		emit = func(ev change.Event) { tap(ev); stream.Emit(ev) }
-	}
-	e := &change.Engine{
-		Emit:        emit,
-		DryRun:      d.Global.DryRun,
-		OpenJournal: d.openJournal,
-		NewID:       func() string { return journal.NewID(d.Now()) },
-	}
+	e, stream := d.newEngineWith(x.print)
+	// exec asks only above --confirm-above nodes, and its question names
+	// the command.
+	e.Confirm = nil
 	if !d.Global.Yes && len(nodes) > opts.confirmAbove {
 		e.Confirm = func(ctx context.Context, p *change.Plan) error {
 			stream.Flush()
