@@ -35,9 +35,29 @@ run() {
 	if [ $rc -ne 0 ]; then
 		echo "-- $name failed; its full log:"
 		cat "$log"
+		failures "$name" "$log" >> "$LOG_DIR/failures"
 		failed=1
 	fi
 	return $rc
+}
+
+# failures NAME LOG: for each failed test of the phase, the last lines it
+# logged itself (file_test.go:N: ...) before it failed. make test prints
+# these last, so the end of a long CI log says why without the daemons'
+# noise in between.
+failures() {
+	awk -v phase="$1" '
+		function flush(name,   i, n) {
+			n = (cnt[name] < 12) ? cnt[name] : 12
+			print "-- " phase ": " name " failed; its last lines:"
+			for (i = cnt[name] - n + 1; i <= cnt[name]; i++) print "   " substr(buf[name, i % 12], 1, 400)
+		}
+		/^ *=== (RUN|CONT|NAME) / { cur = $3; next }
+		/^ +[A-Za-z0-9_]+_test\.go:[0-9]+: / { cnt[cur]++; buf[cur, cnt[cur] % 12] = $0; inmsg = 1; next }
+		inmsg && /^        / && cur != "" { cnt[cur]++; buf[cur, cnt[cur] % 12] = $0; next }
+		{ inmsg = 0 }
+		/^ *--- FAIL: / { flush($3) }
+	' "$2"
 }
 
 lab_possible() {
@@ -93,10 +113,14 @@ else
 	run left-nothing BREAKGLASS_LAB_DOWN_CHECK="$LAB_DIR" \
 		"$GO" test -count=1 -v -run 'TestLabDownLeftNothing' ./lab/
 fi
-rm -rf "$LOG_DIR"
 echo
 if [ -n "${why:-}" ]; then
 	echo "NOTE: end-to-end lab tests were skipped: $why."
 fi
+if [ -s "$LOG_DIR/failures" ]; then
+	echo
+	cat "$LOG_DIR/failures"
+fi
+rm -rf "$LOG_DIR"
 echo "$passed passed, $nfailed failed, $nskipped skipped"
 exit $failed
