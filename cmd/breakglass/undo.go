@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -35,7 +36,10 @@ A "pods hold" change is undone by lifting it (as "breakglass pods hold lift
 CHANGE-ID" does, all nodes at once): the node flags say how to reach the
 nodes. A "pods stop" change has nothing to put back: kubelet starts stopped
 pods again by itself. A "shed" change is undone by putting back, on every
-node, the table the change found (see docs/shed.md).
+node, the table the change found (see docs/shed.md). An "apiserver tune"
+change is undone by putting every node's manifest back, one node at a
+time with the same waits (see docs/apiserver.md); the nodes are the
+control-plane nodes unless --nodes says otherwise.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 some nodes failed, 4 refused, 130
 cancelled.`,
@@ -66,6 +70,24 @@ cancelled.`,
 func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	recs, err := journal.Read(d.journalPath())
 	if err != nil {
+		return err
+	}
+	if found := journal.Find(recs, o.ID); manifestChange(found) != nil {
+		// An apiserver tune (or its undo): every node's manifest put back,
+		// one node at a time, from the path and backups it recorded.
+		first := manifestChange(found)
+		backupDir := ""
+		if b := first.Details["backup"]; b != "" {
+			backupDir = path.Dir(path.Dir(b))
+		}
+		r, err := newManifestRun(ctx, d, &apiserverOptions{nodes: o.pods.nodes, ssh: o.pods.ssh, manifest: first.Target.Path}, backupDir)
+		if err != nil {
+			return err
+		}
+		defer r.close()
+		e, stream := r.engine(d)
+		defer stream.Close()
+		_, err = e.Undo(ctx, recs, o.ID, o.Force)
 		return err
 	}
 	if found := journal.Find(recs, o.ID); len(found) > 0 && strings.HasPrefix(found[0].Op, "shed-") {
@@ -111,6 +133,17 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	e.Register(&steps.FlowControl{Etcd: k})
 	_, err = e.Undo(ctx, recs, o.ID, o.Force)
 	return err
+}
+
+// manifestChange returns the first record of recs that is a static-pod
+// manifest change on a node, or nil.
+func manifestChange(recs []journal.Record) *journal.Record {
+	for i := range recs {
+		if recs[i].Kind == journal.KindNode && recs[i].Details["kind"] == steps.KindManifest {
+			return &recs[i]
+		}
+	}
+	return nil
 }
 
 func hasEtcdRecords(recs []journal.Record) bool {

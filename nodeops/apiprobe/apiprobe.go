@@ -55,24 +55,37 @@ var metricNames = []string{
 
 // Script is the command run on a control-plane node.
 func Script(o Options) string {
+	re := "^(" + strings.Join(metricNames, "|") + ")[{ ]"
+	// apiserver_request_total is kept for 429s only.
+	return credentials(o) + fmt.Sprintf(`code=$(curl "$@" --max-time %s -o "$d/body" -w '%%{http_code} %%{time_total}' "$u/readyz" 2>"$d/err")
+echo "R $code $(head -c 200 "$d/body" | tr -s '\r\n' '  ')"
+if [ -s "$d/err" ]; then echo "X readyz $(head -c 300 "$d/err" | tr -s '\r\n' '  ')"; fi
+: > "$d/err"
+curl "$@" --max-time %s -o "$d/m" "$u/metrics" 2>"$d/err"
+if [ -f "$d/m" ]; then
+	grep -E %s "$d/m" | grep -v -E '^apiserver_request_total\{' | sed 's/^/M /'
+	grep -E '^apiserver_request_total\{.*code="429"' "$d/m" | sed 's/^/M /'
+fi
+if [ -s "$d/err" ]; then echo "X metrics $(head -c 300 "$d/err" | tr -s '\r\n' '  ')"; fi
+exit 0
+`, secs(o.ReadyzTimeout, 2*time.Second), secs(o.MetricsTimeout, 4*time.Second), nodeops.ShellQuote(re))
+}
+
+// credentials is the start of every script run against the node's own API
+// server: it finds the admin kubeconfig, writes its credentials to a
+// private temporary directory (removed on exit), and leaves curl's options
+// in "$@" and the server's URL in $u.
+func credentials(o Options) string {
 	if o.Port == 0 {
 		o.Port = 6443
 	}
 	if len(o.Kubeconfigs) == 0 {
 		o.Kubeconfigs = DefaultKubeconfigs
 	}
-	secs := func(d, def time.Duration) string {
-		if d <= 0 {
-			d = def
-		}
-		return strconv.FormatFloat(math.Max(0.5, d.Seconds()), 'f', 1, 64)
-	}
 	var quoted []string
 	for _, k := range o.Kubeconfigs {
 		quoted = append(quoted, nodeops.ShellQuote(k))
 	}
-	re := "^(" + strings.Join(metricNames, "|") + ")[{ ]"
-	// apiserver_request_total is kept for 429s only.
 	return fmt.Sprintf(`kc=
 for f in %s; do if [ -r "$f" ]; then kc=$f; break; fi; done
 if [ -z "$kc" ]; then echo "E no-kubeconfig"; exit 0; fi
@@ -94,18 +107,15 @@ if [ -n "$caf" ]; then set -- "$@" --cacert "$caf"; else set -- "$@" --insecure;
 if [ -n "$certf" ] && [ -n "$keyf" ]; then set -- "$@" --cert "$certf" --key "$keyf"; fi
 if [ -f "$d/hdr" ]; then set -- "$@" -H "@$d/hdr"; fi
 u=https://kubernetes:%d
-code=$(curl "$@" --max-time %s -o "$d/body" -w '%%{http_code} %%{time_total}' "$u/readyz" 2>"$d/err")
-echo "R $code $(head -c 200 "$d/body" | tr -s '\r\n' '  ')"
-if [ -s "$d/err" ]; then echo "X readyz $(head -c 300 "$d/err" | tr -s '\r\n' '  ')"; fi
-: > "$d/err"
-curl "$@" --max-time %s -o "$d/m" "$u/metrics" 2>"$d/err"
-if [ -f "$d/m" ]; then
-	grep -E %s "$d/m" | grep -v -E '^apiserver_request_total\{' | sed 's/^/M /'
-	grep -E '^apiserver_request_total\{.*code="429"' "$d/m" | sed 's/^/M /'
-fi
-if [ -s "$d/err" ]; then echo "X metrics $(head -c 300 "$d/err" | tr -s '\r\n' '  ')"; fi
-exit 0
-`, strings.Join(quoted, " "), o.Port, o.Port, o.Port, secs(o.ReadyzTimeout, 2*time.Second), secs(o.MetricsTimeout, 4*time.Second), nodeops.ShellQuote(re))
+`, strings.Join(quoted, " "), o.Port, o.Port, o.Port)
+}
+
+// secs renders a timeout for curl's --max-time, def when d is not set.
+func secs(d, def time.Duration) string {
+	if d <= 0 {
+		d = def
+	}
+	return strconv.FormatFloat(math.Max(0.5, d.Seconds()), 'f', 1, 64)
 }
 
 // Health is what one control-plane node's API server said about itself.
