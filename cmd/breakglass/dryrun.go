@@ -52,6 +52,9 @@ var dryRunModes = map[string]string{
 	"breakglass shed status":           dryRunReadOnly,
 	"breakglass shed":                  dryRunReadOnly,
 	"breakglass undo":                  dryRunHonoured,
+	"breakglass apiserver tune":        dryRunHonoured,
+	"breakglass apiserver status":      dryRunReadOnly,
+	"breakglass apiserver":             dryRunReadOnly,
 	"breakglass exec":                  dryRunHonoured,
 	"breakglass lab down":              dryRunHonoured,
 	"breakglass lab up":                dryRunRefused,
@@ -65,7 +68,7 @@ var dryRunModes = map[string]string{
 	"breakglass lab":                   dryRunReadOnly,
 	"breakglass nodes":                 dryRunReadOnly,
 	"breakglass daemonset":             dryRunReadOnly,
-	"breakglass":                       dryRunReadOnly,
+	"breakglass":                       dryRunHonoured, // the picker runs a runbook as runbook run does
 }
 
 // checkDryRun refuses --dry-run for a command that would act anyway.

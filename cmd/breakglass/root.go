@@ -30,8 +30,20 @@ func newRootCmd(d *Deps) *cobra.Command {
 		Long: `breakglass goes around a saturated Kubernetes API server: it reads and
 writes objects in etcd directly and reaches the nodes over SSH.
 
+In a terminal (stdin and stdout, without --yes and -o json), breakglass
+with no arguments offers the built-in runbooks: choose one, give its
+parameters, and it runs as "breakglass runbook run NAME" does. Otherwise
+it prints this help.
+
 Exit codes: 0 ok, 1 error, 2 usage, 3 some nodes failed, 4 refused by a
 safety check, 130 cancelled. See docs/exit-codes.md.`,
+		// No Args: cobra still refuses an unknown command (exit 2).
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !useTUI(d) {
+				return cmd.Help()
+			}
+			return runPicker(cmd, d)
+		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {

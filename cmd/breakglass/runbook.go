@@ -55,7 +55,8 @@ and the built-in runbooks are described in docs/runbooks.md.
 In a terminal (stdin and stdout), without --yes and -o json, "runbook run"
 opens a TUI: the steps with their status, the current step's plan and
 progress, the apiserver's health as the checks see it, a log, and the
-questions (y yes, n no, Ctrl-C twice aborts, ? help). Otherwise a run
+questions (y yes, n no, s skips a step whose onFailure is continue, u
+undoes the last applied step, Ctrl-C twice aborts, ? help). Otherwise a run
 prints plain progress on stderr; with -o json JSON event lines on stdout
 (docs/json-output.md).
 
@@ -467,6 +468,9 @@ of planning goes to stderr.
 			if err != nil {
 				return err
 			}
+			// stdout is the plan's alone (with -o -): the run's last line
+			// is progress here.
+			r.printer.end = d.ErrOut
 			pf, err := r.Plan(cmd.Context(), rb, params)
 			r.Close()
 			if err != nil {

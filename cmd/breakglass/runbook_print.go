@@ -19,10 +19,13 @@ type runbookPrinter struct {
 	// ep prints each step's change events; in text it writes to stderr.
 	ep *eventPrinter
 	w  io.Writer
+	// end gets the text line that ends the run: stdout, except for
+	// runbook plan, whose stdout may be the plan itself (-o -).
+	end io.Writer
 }
 
 func newRunbookPrinter(d *Deps) *runbookPrinter {
-	rp := &runbookPrinter{d: d, json: d.Global.Output == "json", w: d.ErrOut}
+	rp := &runbookPrinter{d: d, json: d.Global.Output == "json", w: d.ErrOut, end: d.Out}
 	if rp.json {
 		rp.ep = &eventPrinter{d: d, p: newPrinter(d.Out, "json")}
 	} else {
@@ -182,7 +185,7 @@ func (rp *runbookPrinter) print(ev change.Event) {
 				line += "; resume: breakglass runbook resume " + ev.RunID
 			}
 		}
-		fmt.Fprintln(rp.d.Out, line)
+		fmt.Fprintln(rp.end, line)
 	default:
 		rp.ep.print(ev)
 	}

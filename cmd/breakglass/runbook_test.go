@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -130,6 +131,12 @@ func TestRunbookPlanApply(t *testing.T) {
 	}
 	if e.webReplicas(t) != 3 {
 		t.Fatal("plan changed etcd")
+	}
+	// -o -: stdout is the plan and nothing else.
+	out, errOut, code := e.run(t, append([]string{"runbook", "plan", rb, "--param", "to=1", "-o", "-"}, jnl...)...)
+	var pf map[string]any
+	if err := json.Unmarshal([]byte(out), &pf); code != 0 || err != nil || pf["runbook"] != "scale-web" {
+		t.Fatalf("plan -o -: exit %d, %v\n%s\n%s", code, err, out, errOut)
 	}
 	e.putDeploy(t, "shop", "web", 5)
 	if _, errOut, code := e.run(t, append([]string{"runbook", "apply", plan, "--yes"}, jnl...)...); code != 4 || e.webReplicas(t) != 5 {

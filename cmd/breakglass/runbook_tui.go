@@ -27,20 +27,28 @@ func runTUI(ctx context.Context, d *Deps, r *runbookEngine, rb *runbook.Runbook,
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var steps []tui.Step
-	for _, s := range rb.Steps {
-		steps = append(steps, tui.Step{ID: s.ID, Type: s.Type, Title: s.Title})
+	for i := range rb.Steps {
+		s := &rb.Steps[i]
+		steps = append(steps, tui.Step{ID: s.ID, Type: s.Type, Title: s.Title, Skippable: s.Skippable()})
 	}
 	var prog *tea.Program
 	run := func() tea.Msg { return tui.DoneMsg{Err: start(ctx)} }
-	prog = tea.NewProgram(tui.New(rb.Name, steps, run, cancel), tea.WithInput(d.In), tea.WithOutput(d.Out), tea.WithContext(ctx))
+	// u: the same undo as runbook undo RUN-ID --step N, its plans asked
+	// about through the same questions.
+	undo := func(runID string, step int) error { return r.Engine.UndoStep(ctx, runID, step) }
+	model := tui.New(rb.Name, steps, run, cancel).WithUndo(undo)
+	prog = tea.NewProgram(model, tea.WithInput(d.In), tea.WithOutput(d.Out), tea.WithContext(ctx))
 	emit := func(ev change.Event) { prog.Send(tui.EventMsg{Event: ev}) }
 	ask := func(ctx context.Context, q string) error {
-		reply := make(chan bool, 1)
+		reply := make(chan tui.Answer, 1)
 		prog.Send(tui.ConfirmMsg{Question: strings.TrimSuffix(q, "?"), Reply: reply})
 		select {
-		case ok := <-reply:
-			if ok {
+		case a := <-reply:
+			switch a {
+			case tui.Yes:
 				return nil
+			case tui.Skip:
+				return runbook.ErrSkip
 			}
 			return &refusedError{fmt.Errorf("%s: not confirmed", q)}
 		case <-ctx.Done():

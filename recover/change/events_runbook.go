@@ -60,7 +60,7 @@ const (
 	StepUnchanged = "unchanged" // nothing needed to change
 	StepPlanned   = "planned"   // a dry run or a reviewed plan: planned, not applied
 	StepDone      = "done"      // a step that changes nothing finished (note, confirm, check)
-	StepSkipped   = "skipped"   // its when was false
+	StepSkipped   = "skipped"   // its when was false, or the operator skipped it
 	StepDeferred  = "deferred"  // a dry run could not plan it: it needs an earlier step's result
 	StepFailed    = "failed"
 )

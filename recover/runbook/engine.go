@@ -22,6 +22,30 @@ const (
 	OpStep      = "runbook-step"
 )
 
+// DetailHealthyAt is the detail of a step's outcome record that says when
+// its apiserver check first held in the run (RFC 3339), the run's time to
+// recovery.
+const DetailHealthyAt = "apiserverHealthyAt"
+
+// DetailSkippedBy is the detail of a skipped step's outcome record when a
+// person skipped it ("operator"), not its when.
+const DetailSkippedBy = "skippedBy"
+
+// ErrSkip is what Confirm (or a Session's Ask) returns when the operator
+// skips the step being asked about (the TUI's s key): nothing of it is
+// applied, it is journaled as skipped, and the run goes on with the next
+// step. Only a Skippable step can be skipped; for any other, ErrSkip is a
+// refusal (exit 4) and the run stops there, as a no would stop it.
+var ErrSkip = errors.New("skipped by the operator")
+
+// Skippable reports whether the operator may skip the step: its onFailure
+// is continue, so the runbook already goes on without it when it fails.
+func (s *Step) Skippable() bool { return s.OnFailure == OnFailureContinue }
+
+// DetailStarted is the detail of a step's outcome record that says when
+// the step started (RFC 3339); the record's own time is when it ended.
+const DetailStarted = "started"
+
 // Engine runs runbooks: every step is planned, then applied through
 // recover/change (or, with DryRun, planned only), and the run's progress
 // is journaled so that it can be resumed and undone.
@@ -60,6 +84,10 @@ type Run struct {
 	Rendered map[int]map[string]string
 	started  time.Time
 	healthy  time.Duration
+	// healthyAt is when the apiserver check first held, healthyStep the
+	// step (index) whose check it was: its journal record says so.
+	healthyAt   time.Time
+	healthyStep int
 }
 
 // RunError is a run that did not end well: which step, and why.
@@ -233,13 +261,22 @@ func (e *Engine) step(ctx context.Context, run *Run, i int) (err error) {
 	start := e.now()
 	e.emit(change.StepStarted{RunID: run.ID, Index: i + 1, ID: st.ID, Type: st.Type, Title: st.Name()})
 	status, result := "", map[string]string{}
+	skippedBy := ""
 	defer func() {
+		if errors.Is(err, ErrSkip) {
+			if st.Skippable() {
+				status, result, err, skippedBy = change.StepSkipped, map[string]string{}, nil, "operator"
+				s.Note("skipped by the operator: nothing of it was applied")
+			} else {
+				err = change.Refusedf("step %d (%s) cannot be skipped: its onFailure is %s, not continue\nhint: answer no to stop the run here, and resume it later", i+1, st.ID, st.OnFailure)
+			}
+		}
 		if err != nil {
 			status = change.StepFailed
 		}
 		run.Status[i] = status
 		run.Results[st.ID] = result
-		if jerr := e.journalStep(run, i, status, result, err); jerr != nil && err == nil {
+		if jerr := e.journalStep(run, i, start, status, skippedBy, result, err); jerr != nil && err == nil {
 			err = jerr
 		}
 		e.emit(change.StepFinished{RunID: run.ID, Index: i + 1, ID: st.ID, Type: st.Type, Status: status, Changes: run.Changes[i],
@@ -302,7 +339,7 @@ func (e *Engine) step(ctx context.Context, run *Run, i int) (err error) {
 		}
 		status = change.StepDone
 		if err == nil && !e.DryRun && (st.Type == "verify" || st.Type == "wait-until") {
-			e.markHealthy(run, vals)
+			e.markHealthy(run, i, vals["check"])
 		}
 		return err
 	}
@@ -351,10 +388,11 @@ func (e *Engine) step(ctx context.Context, run *Run, i int) (err error) {
 	return nil
 }
 
-// markHealthy records when an apiserver check first held.
-func (e *Engine) markHealthy(run *Run, vals map[string]string) {
-	if vals["check"] == "apiserver" && run.healthy == 0 {
-		run.healthy = e.now().Sub(run.started)
+// markHealthy records when an apiserver check (of step i) first held.
+func (e *Engine) markHealthy(run *Run, i int, check string) {
+	if check == "apiserver" && run.healthy == 0 {
+		now := e.now()
+		run.healthy, run.healthyAt, run.healthyStep = now.Sub(run.started), now, i
 	}
 }
 
@@ -409,13 +447,11 @@ func (e *Engine) verify(ctx context.Context, run *Run, st *Step, sc *scope) erro
 	if _, err := waitCheck(ctx, e.Session, c.Name, f, st.Verify.Timeout, st.Verify.Interval); err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	if c.Name == "apiserver" && run.healthy == 0 {
-		run.healthy = e.now().Sub(run.started)
-	}
+	e.markHealthy(run, e.Session.index-1, c.Name)
 	return nil
 }
 
-func (e *Engine) journalStep(run *Run, i int, status string, result map[string]string, stepErr error) error {
+func (e *Engine) journalStep(run *Run, i int, start time.Time, status, skippedBy string, result map[string]string, stepErr error) error {
 	if e.journal == nil {
 		return nil
 	}
@@ -423,9 +459,18 @@ func (e *Engine) journalStep(run *Run, i int, status string, result map[string]s
 	rj, _ := json.Marshal(result)
 	rec := &journal.Record{Type: journal.TypeOutcome, ID: run.ID, Kind: KindRunbook, Op: OpStep, Runbook: run.Runbook.Name, Step: st.ID,
 		Status: status, Summary: st.Name(),
-		Details: map[string]string{"index": strconv.Itoa(i + 1), "type": st.Type, "changes": strings.Join(run.Changes[i], ","), "result": string(rj)}}
+		Details: map[string]string{"index": strconv.Itoa(i + 1), "type": st.Type, "changes": strings.Join(run.Changes[i], ","), "result": string(rj),
+			DetailStarted: start.UTC().Format(time.RFC3339Nano)}}
 	if stepErr != nil {
 		rec.Error = stepErr.Error()
+	}
+	if skippedBy != "" {
+		rec.Details[DetailSkippedBy] = skippedBy
+	}
+	if !run.healthyAt.IsZero() && run.healthyStep == i {
+		// The time to recovery, for breakglass report: when the
+		// apiserver first answered within its SLO.
+		rec.Details[DetailHealthyAt] = run.healthyAt.UTC().Format(time.RFC3339Nano)
 	}
 	return e.journal.Append(rec)
 }

@@ -14,8 +14,12 @@ import (
 	"github.com/breakglass/breakglass/recover/steps"
 )
 
-// OpUndo is the journal op of a run's undo.
-const OpUndo = "runbook-undo"
+// OpUndo is the journal op of a run's undo, OpResume of each resume (a
+// record of its own, for the report: readRun passes over it).
+const (
+	OpUndo   = "runbook-undo"
+	OpResume = "runbook-resume"
+)
 
 // runLog is what the journal says about one run.
 type runLog struct {
@@ -111,6 +115,10 @@ func (e *Engine) Resume(ctx context.Context, records []journal.Record, id string
 	}
 	if !e.DryRun {
 		if err := e.open(id); err != nil {
+			return nil, err
+		}
+		if err := e.journal.Append(&journal.Record{Type: journal.TypeIntent, ID: id, Kind: KindRunbook, Op: OpResume, Runbook: rb.Name,
+			Status: journal.StatusPending, Summary: "resume run " + id, Details: map[string]string{"from": strconv.Itoa(from + 1)}}); err != nil {
 			return nil, err
 		}
 	}
@@ -240,4 +248,19 @@ func (e *Engine) undoRun(ctx context.Context, id string, step int, list []stepCh
 		return &change.PartialError{What: "runbook undo", Failed: len(failed), Total: len(list)}
 	}
 	return nil
+}
+
+// UndoStep undoes the changes of one step of run id, as `runbook undo
+// --step N` does, while the run itself may still be going on in this
+// process: the TUI's undo key, pressed while the run waits at a question.
+// It works on a Session of its own, so that the waiting step keeps its
+// own, and asks through the same Confirm.
+func (e *Engine) UndoStep(ctx context.Context, id string, step int) error {
+	records, err := e.Session.Records()
+	if err != nil {
+		return err
+	}
+	u := &Engine{Session: e.Session.fork(), DryRun: e.DryRun, Confirm: e.Confirm, OpenJournal: e.OpenJournal, Force: e.Force,
+		Now: e.Now, Emit: e.Emit, journal: e.journal}
+	return u.Undo(ctx, records, id, step)
 }

@@ -93,3 +93,9 @@ func (s *Session) allNodes(ctx context.Context) []nodeops.Target {
 	nodes, _, _ := s.Env.Nodes(ctx, selector.Options{})
 	return nodes
 }
+
+// fork is a Session on the same environment, journal reader, prompts and
+// event stream, with a step of its own.
+func (s *Session) fork() *Session {
+	return &Session{Env: s.Env, OpenStore: s.OpenStore, Records: s.Records, Ask: s.Ask, Interactive: s.Interactive, Emit: s.Emit}
+}

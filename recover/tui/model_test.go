@@ -29,13 +29,13 @@ func TestModelRendersEventsAndConfirms(t *testing.T) {
 	tm.Send(EventMsg{change.RunStarted{RunID: "rb-1", Runbook: "apiserver-overload", Steps: 2}})
 	tm.Send(EventMsg{change.StepStarted{RunID: "rb-1", Index: 1, ID: "shed", Type: "shed-network", Title: "shed admin traffic"}})
 	tm.Send(EventMsg{change.PlanReady{Plan: plan}})
-	reply := make(chan bool, 1)
+	reply := make(chan Answer, 1)
 	tm.Send(ConfirmMsg{Question: "shed port 6443 on 1 node", Reply: reply})
 	teatest.WaitFor(t, tm.Output(), contains("shed port 6443 on 1 node? [y/n]"), teatest.WithDuration(5*time.Second))
 	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("y")})
 	select {
-	case ok := <-reply:
-		if !ok {
+	case a := <-reply:
+		if a != Yes {
 			t.Fatal("y answered no")
 		}
 	case <-time.After(5 * time.Second):
@@ -63,11 +63,11 @@ func TestModelRefusesAndAborts(t *testing.T) {
 	aborted := make(chan struct{}, 1)
 	m := New("x", testSteps, nil, func() { aborted <- struct{}{} })
 	tm := teatest.NewTestModel(t, m, teatest.WithInitialTermSize(100, 30))
-	reply := make(chan bool, 1)
+	reply := make(chan Answer, 1)
 	tm.Send(ConfirmMsg{Question: "pause daemonset telemetry/agent", Reply: reply})
 	teatest.WaitFor(t, tm.Output(), contains("pause daemonset telemetry/agent? [y/n]"), teatest.WithDuration(5*time.Second))
 	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("n")})
-	if ok := <-reply; ok {
+	if a := <-reply; a != No {
 		t.Fatal("n answered yes")
 	}
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
