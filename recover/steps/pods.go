@@ -317,7 +317,7 @@ func (k *Pods) applyOn(ctx context.Context, n *pods.Node, p *change.Plan, c *Nod
 		return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "cri", Err: err}
 	}
 	if c.WaitImage {
-		restarted, err := waitOriginal(ctx, n, c)
+		restarted, err := waitOriginal(ctx, n.Pods, c, k.podDeleted)
 		res.Restarted = restarted
 		if err != nil {
 			return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "wait", Err: err,
@@ -327,11 +327,42 @@ func (k *Pods) applyOn(ctx context.Context, n *pods.Node, p *change.Plan, c *Nod
 	return res, nil
 }
 
+// podDeleted reports whether the pod is deleted in etcd: no object by its
+// name, one with another uid, or one with a deletion timestamp. Its
+// controller removed it, and kubelet will not start it again, though its
+// stopped sandbox may stay on the node until kubelet's housekeeping. Without
+// a Store nothing is known to be deleted.
+func (k *Pods) podDeleted(ctx context.Context, p pods.Pod) (bool, error) {
+	if k.Store == nil || p.Namespace == "" || p.Name == "" {
+		return false, nil
+	}
+	r, err := k.Store.Layout.Lookup("pods")
+	if err != nil {
+		return false, err
+	}
+	o, err := k.Store.GetObject(ctx, r, p.Namespace, p.Name, etcd.Serializable)
+	var nf *etcd.NotFoundError
+	if errors.As(err, &nf) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if o.Decoded == nil {
+		return false, o.Err
+	}
+	m := o.Decoded.Meta()
+	return string(m.GetUID()) != p.UID || m.GetDeletionTimestamp() != nil, nil
+}
+
 // waitOriginal waits until every pod of c that ran the pause image in
 // place of its own runs its own image again (the container of the same
 // name, running, created from another image than the pause image), or is
-// gone from the node (its controller removed it).
-func waitOriginal(ctx context.Context, n *pods.Node, c *NodeChange) ([]string, error) {
+// gone from the node, or is deleted in etcd (its controller removed it:
+// kubelet will not start it again, though its stopped sandbox may stay on
+// the node a while). deleted is asked only about pods still waiting,
+// every few seconds.
+func waitOriginal(ctx context.Context, list func(context.Context) ([]pods.Pod, error), c *NodeChange, deleted func(context.Context, pods.Pod) (bool, error)) ([]string, error) {
 	timeout := c.WaitTimeout
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
@@ -339,12 +370,18 @@ func waitOriginal(ctx context.Context, n *pods.Node, c *NodeChange) ([]string, e
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var waiting []string
+	removed := map[string]bool{}
+	var lastAsked time.Time
 	for {
-		list, err := n.Pods(ctx)
+		now, err := list(ctx)
 		if err == nil {
 			byUID := map[string]pods.Pod{}
-			for _, x := range list {
+			for _, x := range now {
 				byUID[x.UID] = x
+			}
+			ask := deleted != nil && time.Since(lastAsked) >= 2*time.Second
+			if ask {
+				lastAsked = time.Now()
 			}
 			var ok []string
 			waiting = waiting[:0]
@@ -355,6 +392,17 @@ func waitOriginal(ctx context.Context, n *pods.Node, c *NodeChange) ([]string, e
 					ok = append(ok, planned.Ref()+" (gone)")
 				case runsOwnImages(planned, cur, c.PauseIDs):
 					ok = append(ok, planned.Ref())
+				case removed[planned.UID]:
+					ok = append(ok, planned.Ref()+" (deleted)")
+				case ask && cur.State != "ready":
+					// Stopped and not started again: deleted by its
+					// controller, or kubelet not there yet.
+					if gone, derr := deleted(ctx, planned); derr == nil && gone {
+						removed[planned.UID] = true
+						ok = append(ok, planned.Ref()+" (deleted)")
+						continue
+					}
+					waiting = append(waiting, planned.Ref())
 				default:
 					waiting = append(waiting, planned.Ref())
 				}
