@@ -155,19 +155,36 @@ func TestIncidentOverloadPodsHold(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
+	// The journal's directory is made before the cleanup is registered,
+	// so that it is still there when the cleanup lifts a hold the test
+	// left (cleanups run last-registered first).
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
 	var thaws []func() error
+	var holdID string
 	t.Cleanup(func() {
 		for _, thaw := range thaws {
 			thaw()
+		}
+		// A hold left on the workers (the test failed before the lift)
+		// would make the next incident's agents run the pause image:
+		// lift it first.
+		if holdID != "" {
+			if r := b.run("pods", "hold", "list", "--nodes", "role=worker", "-o", "json"); r.code != 0 || strings.Contains(r.stdout, holdID) {
+				if r := b.run("pods", "hold", "lift", holdID, "--yes", "--nodes", "role=worker", "--journal", b.jnl); r.code != 0 {
+					t.Errorf("cleanup: pods hold lift %s: exit %d", holdID, r.code)
+				}
+			}
 		}
 		if err := l.Reset(context.Background(), testLog{t}); err != nil {
 			t.Errorf("reset: %v", err)
 		}
 	})
+	if r := b.run("pods", "hold", "list", "--nodes", "role=worker", "-o", "json"); r.code != 0 || strings.TrimSpace(r.stdout) != "" {
+		t.Fatalf("before the test: pods hold list: exit %d, want no hold on any worker (an earlier run left one: lift it with breakglass pods hold lift):\n%s", r.code, r.stdout)
+	}
 	if _, err := l.Overload(ctx, testLog{t}); err != nil {
 		t.Fatal(err)
 	}
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
 	workers := st.HostsWithRole("worker")
 	names := make([]string, len(workers))
 	for i, w := range workers {
@@ -257,7 +274,6 @@ func TestIncidentOverloadPodsHold(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("pods hold: exit %d", r.code)
 	}
-	var holdID string
 	for _, line := range strings.Split(r.stdout, "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["type"] == "change" && m["id"] != nil {

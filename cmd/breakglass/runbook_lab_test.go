@@ -14,7 +14,19 @@ import (
 
 	"github.com/breakglass/breakglass/lab"
 	"github.com/breakglass/breakglass/lab/labtest"
+	"github.com/breakglass/breakglass/recover/runbook/schematest"
 )
+
+// validEvents fails the test unless every line the run printed is an
+// event of docs/schema/runbook-events.schema.json.
+func validEvents(t *testing.T, what, out string) {
+	t.Helper()
+	n, err := schematest.ValidateEvents(strings.NewReader(out))
+	if err != nil {
+		t.Errorf("%s: the -o json events do not match docs/schema/runbook-events.schema.json:\n%v", what, err)
+	}
+	t.Logf("%s: events validated against the schema: %v", what, n)
+}
 
 // runbookLab runs the CLI in-process against the lab with the test's own
 // inventory (absolute paths) and journal.
@@ -142,6 +154,7 @@ func TestLabRunbookApiserverOverload(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("dry run: exit %d", code)
 	}
+	validEvents(t, "runbook run apiserver-overload --dry-run -o json", out)
 	if after := r.nodesAndEtcd(t); after != before {
 		t.Errorf("the dry run changed etcd or a node:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
@@ -159,6 +172,7 @@ func TestLabRunbookApiserverOverload(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("run: exit %d", code)
 	}
+	validEvents(t, "runbook run apiserver-overload --yes -o json", out)
 	var runID string
 	seen := map[string]bool{}
 	for _, l := range jsonLines(t, out) {
@@ -276,6 +290,7 @@ func TestLabRunbookPreemptionCascade(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("run: exit %d", code)
 	}
+	validEvents(t, "runbook run priority-preemption-cascade --yes -o json", out)
 	var runID string
 	for _, l := range jsonLines(t, out) {
 		if l["type"] == "runFinished" {
