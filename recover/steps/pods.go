@@ -167,7 +167,10 @@ type NodeResult struct {
 	// Restarted are pods seen running their original images again after
 	// a lift.
 	Restarted []string `json:"restarted,omitempty"`
-	Via       string   `json:"via,omitempty"`
+	// Deleted are stopped pods a lift did not wait for: gone from the
+	// node, or deleted in etcd by their controller.
+	Deleted []string `json:"deleted,omitempty"`
+	Via     string   `json:"via,omitempty"`
 }
 
 // Item returns the change item of c.
@@ -257,6 +260,9 @@ func resultLine(r NodeResult) string {
 	if len(r.Restarted) > 0 {
 		parts = append(parts, fmt.Sprintf("%d running the original image again", len(r.Restarted)))
 	}
+	if len(r.Deleted) > 0 {
+		parts = append(parts, fmt.Sprintf("%d removed by the controller (not waited for)", len(r.Deleted)))
+	}
 	return strings.Join(parts, ", ")
 }
 
@@ -317,8 +323,8 @@ func (k *Pods) applyOn(ctx context.Context, n *pods.Node, p *change.Plan, c *Nod
 		return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "cri", Err: err}
 	}
 	if c.WaitImage {
-		restarted, err := waitOriginal(ctx, n.Pods, c, k.podDeleted)
-		res.Restarted = restarted
+		restarted, deleted, err := waitOriginal(ctx, n.Pods, c, k.podDeleted)
+		res.Restarted, res.Deleted = restarted, deleted
 		if err != nil {
 			return res, &nodeops.Error{Node: c.Node, Phase: nodeops.PhaseCommand, Status: nodeops.StatusFailed, Reason: "wait", Err: err,
 				Hint: "kubelet did not start the pods again with their images in time; check the node (breakglass pods list --nodes NODE) before lifting more"}
@@ -362,7 +368,7 @@ func (k *Pods) podDeleted(ctx context.Context, p pods.Pod) (bool, error) {
 // kubelet will not start it again, though its stopped sandbox may stay on
 // the node a while). deleted is asked only about pods still waiting,
 // every few seconds.
-func waitOriginal(ctx context.Context, list func(context.Context) ([]pods.Pod, error), c *NodeChange, deleted func(context.Context, pods.Pod) (bool, error)) ([]string, error) {
+func waitOriginal(ctx context.Context, list func(context.Context) ([]pods.Pod, error), c *NodeChange, deleted func(context.Context, pods.Pod) (bool, error)) (restarted, gone []string, err error) {
 	timeout := c.WaitTimeout
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
@@ -383,23 +389,22 @@ func waitOriginal(ctx context.Context, list func(context.Context) ([]pods.Pod, e
 			if ask {
 				lastAsked = time.Now()
 			}
-			var ok []string
-			waiting = waiting[:0]
+			restarted, gone, waiting = restarted[:0], gone[:0], waiting[:0]
 			for _, planned := range c.Stop {
 				cur, present := byUID[planned.UID]
 				switch {
 				case !present:
-					ok = append(ok, planned.Ref()+" (gone)")
+					gone = append(gone, planned.Ref()+" (gone from the node)")
 				case runsOwnImages(planned, cur, c.PauseIDs):
-					ok = append(ok, planned.Ref())
+					restarted = append(restarted, planned.Ref())
 				case removed[planned.UID]:
-					ok = append(ok, planned.Ref()+" (deleted)")
+					gone = append(gone, planned.Ref()+" (deleted in etcd)")
 				case ask && cur.State != "ready":
 					// Stopped and not started again: deleted by its
 					// controller, or kubelet not there yet.
-					if gone, derr := deleted(ctx, planned); derr == nil && gone {
+					if del, derr := deleted(ctx, planned); derr == nil && del {
 						removed[planned.UID] = true
-						ok = append(ok, planned.Ref()+" (deleted)")
+						gone = append(gone, planned.Ref()+" (deleted in etcd)")
 						continue
 					}
 					waiting = append(waiting, planned.Ref())
@@ -408,15 +413,15 @@ func waitOriginal(ctx context.Context, list func(context.Context) ([]pods.Pod, e
 				}
 			}
 			if len(waiting) == 0 {
-				return ok, nil
+				return restarted, gone, nil
 			}
 		}
 		select {
 		case <-ctx.Done():
 			if err != nil {
-				return nil, fmt.Errorf("waiting for %s to run their images again: %w (last: %v)", strings.Join(waiting, ", "), ctx.Err(), err)
+				return nil, nil, fmt.Errorf("waiting for %s to run their images again: %w (last: %v)", strings.Join(waiting, ", "), ctx.Err(), err)
 			}
-			return nil, fmt.Errorf("%s did not run their images again within %s", strings.Join(waiting, ", "), timeout)
+			return nil, nil, fmt.Errorf("%s did not run their images again within %s", strings.Join(waiting, ", "), timeout)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

@@ -28,16 +28,16 @@ func TestLiftWaitDeletedPod(t *testing.T) {
 		asked = append(asked, p.Ref())
 		return true, nil
 	}
-	ok, err := waitOriginal(context.Background(), list, c, deleted)
-	if err != nil || len(ok) != 1 || !strings.Contains(ok[0], "deleted") {
-		t.Fatalf("deleted in etcd: %v, %v; want the pod done as deleted", ok, err)
+	restarted, gone, err := waitOriginal(context.Background(), list, c, deleted)
+	if err != nil || len(restarted) != 0 || len(gone) != 1 || !strings.Contains(gone[0], "deleted in etcd") {
+		t.Fatalf("deleted in etcd: restarted %v, gone %v, %v; want the pod done as deleted", restarted, gone, err)
 	}
 	if len(asked) != 1 || asked[0] != held.Ref() {
 		t.Errorf("etcd asked about %v, want %s once", asked, held.Ref())
 	}
 
 	stillThere := func(context.Context, pods.Pod) (bool, error) { return false, nil }
-	if ok, err := waitOriginal(context.Background(), list, c, stillThere); err == nil || !strings.Contains(err.Error(), "did not run their images again") {
-		t.Fatalf("in etcd and not started again: %v, %v; want the wait to fail", ok, err)
+	if restarted, gone, err := waitOriginal(context.Background(), list, c, stillThere); err == nil || !strings.Contains(err.Error(), "did not run their images again") {
+		t.Fatalf("in etcd and not started again: %v %v, %v; want the wait to fail", restarted, gone, err)
 	}
 }
