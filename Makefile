@@ -3,6 +3,7 @@
 GO       ?= go
 BIN      := bin/breakglass
 LAB_DIR  ?= $(CURDIR)/.lab
+RUNBOOK  ?= apiserver-overload
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
@@ -41,10 +42,13 @@ lab-up: build
 lab-down: build
 	$(BIN) lab down --dir $(LAB_DIR)
 
-# The main job on a real local cluster: bring the lab up, start the overload
-# incident, show its evidence and what to do next.
+# The main job on a real local cluster: breakglass rehearse brings the lab
+# up, starts the overload incident and runs the apiserver-overload runbook
+# against it (the TUI in a terminal, --yes otherwise), then says how long
+# recovery took and what changed. RUNBOOK=priority-preemption-cascade
+# rehearses the other built-in.
 rehearse: build
-	BIN=$(CURDIR)/$(BIN) LAB_DIR=$(LAB_DIR) bash lab/scripts/rehearse.sh
+	BIN=$(CURDIR)/$(BIN) LAB_DIR=$(LAB_DIR) RUNBOOK=$(RUNBOOK) bash lab/scripts/rehearse.sh
 
 docs: build
 	$(BIN) docs --dir docs/reference

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -54,12 +55,9 @@ and the workers, and wait until every worker is Ready. Writes lab.json and a
 ready breakglass.yaml inventory into the lab directory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := labUp(cmd.Context(), lab.Options{
-				Dir: opts.Dir, Workers: opts.Workers, SSHHosts: opts.SSHHosts, Subnet: opts.Subnet,
-				CacheDir: opts.CacheDir, Log: d.ErrOut,
-			})
+			l, err := bringLabUp(cmd.Context(), d, opts)
 			if err != nil {
-				return fmt.Errorf("lab up: %w", err)
+				return err
 			}
 			return printLabSummary(d, l.State)
 		},
@@ -69,6 +67,19 @@ ready breakglass.yaml inventory into the lab directory.`,
 	cmd.Flags().StringVar(&opts.Subnet, "subnet", "10.77.0.0/24", "IPv4 `prefix` of the lab bridge")
 	cmd.Flags().StringVar(&opts.CacheDir, "cache-dir", lab.DefaultCacheDir(), "where built binaries are kept between runs")
 	return cmd
+}
+
+// bringLabUp is lab up (and rehearse, when no lab is up): progress on
+// stderr. Options left zero take lab up's defaults.
+func bringLabUp(ctx context.Context, d *Deps, opts *labOptions) (*lab.Lab, error) {
+	l, err := labUp(ctx, lab.Options{
+		Dir: opts.Dir, Workers: opts.Workers, SSHHosts: opts.SSHHosts, Subnet: opts.Subnet,
+		CacheDir: opts.CacheDir, Log: d.ErrOut,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lab up: %w", err)
+	}
+	return l, nil
 }
 
 func printLabSummary(d *Deps, s *lab.State) error {

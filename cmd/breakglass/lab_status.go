@@ -77,31 +77,13 @@ func newCmdLabIncident(d *Deps, opts *labOptions) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("incident overload: %w", err)
 				}
-				if d.Global.Output == "json" {
-					return printJSON(d.Out, struct {
-						Type string `json:"type"`
-						*lab.OverloadResult
-					}{"incidentOverload", res})
-				}
-				fmt.Fprintf(d.Out, "What `kubectl get pods -A` (user oncall) saw, %d requests each:\n\n", res.Before.Requests)
-				lab.WriteProbes(d.Out, []lab.Probe{res.Before, res.After})
-				fmt.Fprintf(d.Out, "\n%d telemetry agents are LISTing the cluster (containerd on each worker: %s); the apiserver is saturated.\n",
-					res.TelemetryPods, agentCounts(res.Agents))
-				return nil
+				return printOverload(d, res)
 			case lab.IncidentPreemption:
 				res, err := l.Preemption(ctx, d.ErrOut)
 				if err != nil {
 					return fmt.Errorf("incident preemption: %w", err)
 				}
-				if d.Global.Output == "json" {
-					return printJSON(d.Out, struct {
-						Type string `json:"type"`
-						*lab.PreemptionResult
-					}{"incidentPreemption", res})
-				}
-				fmt.Fprintf(d.Out, "original ingesters preempted: %d of %d\ningesters now running: %d, pending: %d\nPreempted events: %d\n",
-					res.Evicted, res.OriginalIngesters, res.Running, res.Pending, res.PreemptedEvents)
-				return nil
+				return printPreemption(d, res)
 			case "reset":
 				if err := l.Reset(ctx, d.ErrOut); err != nil {
 					return fmt.Errorf("incident reset: %w", err)
@@ -113,6 +95,35 @@ func newCmdLabIncident(d *Deps, opts *labOptions) *cobra.Command {
 		},
 	}
 	return cmd
+}
+
+// printOverload prints the overload incident's evidence on stdout (lab
+// incident overload, rehearse): a table, or one incidentOverload object.
+func printOverload(d *Deps, res *lab.OverloadResult) error {
+	if d.Global.Output == "json" {
+		return printJSON(d.Out, struct {
+			Type string `json:"type"`
+			*lab.OverloadResult
+		}{"incidentOverload", res})
+	}
+	fmt.Fprintf(d.Out, "What `kubectl get pods -A` (user oncall) saw, %d requests each:\n\n", res.Before.Requests)
+	lab.WriteProbes(d.Out, []lab.Probe{res.Before, res.After})
+	fmt.Fprintf(d.Out, "\n%d telemetry agents are LISTing the cluster (containerd on each worker: %s); the apiserver is saturated.\n",
+		res.TelemetryPods, agentCounts(res.Agents))
+	return nil
+}
+
+// printPreemption prints the preemption incident's evidence on stdout.
+func printPreemption(d *Deps, res *lab.PreemptionResult) error {
+	if d.Global.Output == "json" {
+		return printJSON(d.Out, struct {
+			Type string `json:"type"`
+			*lab.PreemptionResult
+		}{"incidentPreemption", res})
+	}
+	fmt.Fprintf(d.Out, "original ingesters preempted: %d of %d\ningesters now running: %d, pending: %d\nPreempted events: %d\n",
+		res.Evicted, res.OriginalIngesters, res.Running, res.Pending, res.PreemptedEvents)
+	return nil
 }
 
 func agentCounts(cs []lab.NodeCount) string {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 
@@ -415,20 +416,39 @@ took, and how long until the apiserver answered within its SLO.
 			if _, err := rb.ResolveParams(params); err != nil {
 				return &usageError{err}
 			}
-			r, err := newRunbookEngine(d, o)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			start := func(ctx context.Context) error { _, err := r.Start(ctx, rb, params); return err }
-			if useTUI(d) {
-				return runTUI(cmd.Context(), d, r, rb, start)
-			}
-			return start(cmd.Context())
+			_, err = runRunbook(cmd.Context(), d, o, rb, params)
+			return err
 		},
 	}
 	addRunbookFlags(cmd, d, o, true)
 	return cmd
+}
+
+// runRunbook runs rb from its first step with params, as runbook run does
+// (and rehearse, through it): in the TUI when useTUI(d), otherwise with
+// plain progress on stderr or JSON events on stdout. Every event has been
+// printed when it returns. The run is nil when it did not start, or when
+// the TUI was left (Ctrl-C twice) before the engine returned it.
+func runRunbook(ctx context.Context, d *Deps, o *runbookOptions, rb *runbook.Runbook, params map[string]string) (*runbook.Run, error) {
+	r, err := newRunbookEngine(d, o)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	// The TUI starts the run in a goroutine of its own and may end before
+	// it (an abort): the run is handed over atomically.
+	var run atomic.Pointer[runbook.Run]
+	start := func(ctx context.Context) error {
+		rn, err := r.Start(ctx, rb, params)
+		run.Store(rn)
+		return err
+	}
+	if useTUI(d) {
+		err = runTUI(ctx, d, r, rb, start)
+	} else {
+		err = start(ctx)
+	}
+	return run.Load(), err
 }
 
 func newCmdRunbookPlan(d *Deps) *cobra.Command {

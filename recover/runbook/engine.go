@@ -90,6 +90,11 @@ type Run struct {
 	healthyStep int
 }
 
+// Healthy is how long after the start of the run the apiserver first
+// answered within its SLO (an apiserver check held): the run's time to
+// recovery, as its RunFinished event reports it. 0 when no check did.
+func (r *Run) Healthy() time.Duration { return r.healthy }
+
 // RunError is a run that did not end well: which step, and why.
 type RunError struct {
 	Step  int
