@@ -354,6 +354,19 @@ func TestIncidentOverloadPodsHold(t *testing.T) {
 		t.Fatalf("the DaemonSet came back with the apiserver: %s", why)
 	}
 
+	// A lift from a machine whose journal does not have the hold works
+	// from the nodes' own records: the first worker's image is restored,
+	// the others stay held, and the owner in etcd is left alone.
+	other := filepath.Join(t.TempDir(), "other-journal.jsonl")
+	r = b.run("pods", "hold", "lift", holdID, "--yes", "--nodes", names[0], "--journal", other)
+	if r.code != 0 || !strings.Contains(r.stdout+r.stderr, "not in this journal") {
+		t.Fatalf("pods hold lift without the hold's journal: exit %d, want 0 with a note that the owners are left alone", r.code)
+	}
+	r = b.run("pods", "hold", "list", "--nodes", "role=worker", "-o", "json")
+	if r.code != 0 || strings.Contains(r.stdout, `"node":"`+names[0]+`"`) || strings.Count(r.stdout, `"change":"`+holdID+`"`) != len(names)-1 {
+		t.Fatalf("after the lift of %s from the nodes alone: exit %d, want the hold on the other workers only:\n%s", names[0], r.code, r.stdout)
+	}
+
 	// Lifting the hold, a worker at a time, brings the agent back with its
 	// original image on every worker.
 	r = b.run("pods", "hold", "lift", holdID, "--batch", "1", "--yes", "--nodes", "role=worker", "--journal", b.jnl)

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -587,9 +589,15 @@ DaemonSet resumed, the replicas put back).
 }
 
 func runPodsLift(ctx context.Context, d *Deps, o *podsLiftOptions, id string) error {
-	records, err := journal.Read(d.journalPath())
-	if err != nil {
-		return err
+	// No journal yet is an empty one here: a hold made from another
+	// machine is lifted from the nodes' own records (see docs/pods.md).
+	var records []journal.Record
+	if _, err := os.Stat(d.journalPath()); err == nil {
+		if records, err = journal.Read(d.journalPath()); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("journal: %w", err)
 	}
 	r, err := newPodsRun(ctx, d, &o.podsOptions, false)
 	if err != nil {

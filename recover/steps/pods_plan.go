@@ -542,6 +542,93 @@ func planImages(node string, f *found) ([]ImageHold, []string, error) {
 	return out, weak, nil
 }
 
+// errNotInJournal says a hold's change is not in this journal (it was made
+// from another machine, or the journal is lost).
+var errNotInJournal = errors.New("not in the journal")
+
+// liftGraceWithoutJournal is the grace of the stops of a lift planned from
+// the nodes alone (the journal has the hold's own grace).
+const liftGraceWithoutJournal = 10 * time.Second
+
+// heldFromNodes finds a hold on the nodes alone, for a lift whose journal
+// does not have it: the image names labelled with the change ID, and the
+// pods whose containers run the pause image in their place. A pod counts
+// only when etcd says the container of that name is from the held name
+// (without etcd no pod is stopped; the plan says so).
+func heldFromNodes(ctx context.Context, k *Pods, listed map[string]NodePods, holdID string, order []string) ([]heldNode, []string) {
+	var out []heldNode
+	var notes []string
+	for _, node := range order {
+		np := listed[node]
+		c := NodeChange{Node: node, Grace: liftGraceWithoutJournal}
+		byPause := map[string]string{} // pause image ID -> held name
+		for _, img := range np.Images {
+			// The record that keeps the original image (LabelHoldOf) is
+			// released with the name it keeps, not on its own.
+			if img.Labels[pods.LabelHold] != holdID || img.Labels[pods.LabelHoldOf] != "" {
+				continue
+			}
+			c.Hold = append(c.Hold, ImageHold{Image: img.Name, PauseID: img.ID})
+			byPause[img.ID] = img.Name
+		}
+		if len(c.Hold) == 0 {
+			continue
+		}
+		for _, pod := range np.Pods {
+			for _, ct := range pod.Containers {
+				held, ok := byPause[ct.ImageRef]
+				if !ok {
+					continue
+				}
+				if k.Store == nil {
+					notes = append(notes, fmt.Sprintf("%s: %s runs the pause image in place of %s, and without etcd it is not known to be the held pod: it is left running; stop it with breakglass pods stop", node, pod.Ref(), held))
+					break
+				}
+				if fromHeld, err := specUses(ctx, k.Store, pod, ct.Name, held); err != nil {
+					notes = append(notes, fmt.Sprintf("%s: %s: %v: it is left running", node, pod.Ref(), err))
+				} else if fromHeld {
+					c.Stop = append(c.Stop, pod)
+				}
+				break
+			}
+		}
+		out = append(out, heldNode{node: node, change: c})
+	}
+	return out, notes
+}
+
+// specUses reports whether the pod's spec in etcd (same uid) has a
+// container of that name whose image is the image name held.
+func specUses(ctx context.Context, s *etcd.Store, p pods.Pod, container, held string) (bool, error) {
+	r, err := s.Layout.Lookup("pods")
+	if err != nil {
+		return false, err
+	}
+	o, err := s.GetObject(ctx, r, p.Namespace, p.Name, etcd.Serializable)
+	var nf *etcd.NotFoundError
+	if errors.As(err, &nf) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if o.Decoded == nil {
+		return false, o.Err
+	}
+	spec, ok := o.Decoded.Object.(*corev1.Pod)
+	if !ok || string(spec.UID) != p.UID {
+		return false, nil
+	}
+	for _, c := range append(append([]corev1.Container{}, spec.Spec.InitContainers...), spec.Spec.Containers...) {
+		if c.Name != container {
+			continue
+		}
+		name, err := reference.ParseNormalizedNamed(c.Image)
+		return err == nil && reference.TagNameOnly(name).String() == held, nil
+	}
+	return false, nil
+}
+
 // heldNode is what a hold did on one node, from the journal.
 type heldNode struct {
 	node   string
@@ -553,7 +640,7 @@ type heldNode struct {
 func holdRecords(records []journal.Record, id string) ([]heldNode, []journal.Record, error) {
 	recs := journal.Find(records, id)
 	if len(recs) == 0 {
-		return nil, nil, fmt.Errorf("change %s: not in the journal\nhint: `breakglass pods hold list` shows the holds on the nodes with their change IDs; check --journal", id)
+		return nil, nil, fmt.Errorf("change %s: %w\nhint: `breakglass pods hold list` shows the holds on the nodes with their change IDs; check --journal", id, errNotInJournal)
 	}
 	if recs[0].Op != OpPodsHold {
 		return nil, nil, fmt.Errorf("change %s is a %s change, not a pods hold", id, recs[0].Op)
@@ -613,13 +700,38 @@ type LiftOptions struct {
 func PlanLift(k *Pods, ek *change.Etcd, store *etcd.Store, targets []nodeops.Target, records []journal.Record, holdID string, o LiftOptions) change.Planner {
 	return func(ctx context.Context, id string) (*change.Plan, error) {
 		held, etcdRecs, err := holdRecords(records, holdID)
-		if err != nil {
+		fromNodes := errors.Is(err, errNotInJournal)
+		if err != nil && !fromNodes {
 			return nil, err
 		}
 		p := &change.Plan{ID: id, Op: OpPodsLift, Title: fmt.Sprintf("lift hold %s", holdID)}
 		byName := map[string]nodeops.Target{}
 		for _, t := range targets {
 			byName[t.Name] = t
+		}
+		if fromNodes {
+			// The hold is found on the selected nodes by its labels; what
+			// it did in etcd is not known, so the owners are left alone.
+			listed := map[string]NodePods{}
+			var order []string
+			for _, r := range k.List(ctx, targets, false, true, "", nil) {
+				if r.Err != nil {
+					p.Skipped = append(p.Skipped, change.Skipped{Target: r.Target.Name, Reason: r.Err.Error()})
+					continue
+				}
+				listed[r.Target.Name] = r.Output
+				order = append(order, r.Target.Name)
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			var notes []string
+			held, notes = heldFromNodes(ctx, k, listed, holdID, order)
+			if len(held) == 0 {
+				return nil, fmt.Errorf("change %s: not in the journal, and no selected node holds an image for it\nhint: `breakglass pods hold list` shows the holds on the nodes with their change IDs; check --journal and --nodes", holdID)
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("change %s is not in this journal (made from another machine, or the journal is lost): lifted from the nodes' own records; the owners it paused or scaled in etcd are not restored (breakglass daemonset resume, breakglass scale)", holdID))
+			p.Notes = append(p.Notes, notes...)
 		}
 		var nodeTargets []nodeops.Target
 		for _, h := range held {

@@ -41,3 +41,26 @@ func TestLiftWaitDeletedPod(t *testing.T) {
 		t.Fatalf("in etcd and not started again: %v %v, %v; want the wait to fail", restarted, gone, err)
 	}
 }
+
+// TestHeldFromNodes: a lift without the hold's journal finds the hold by
+// its label on each node's image names; without etcd it stops no pod (the
+// pause image could be some other pod's) and says so.
+func TestHeldFromNodes(t *testing.T) {
+	np := NodePods{Node: "w1",
+		Images: []pods.Image{
+			{Name: "reg/agent:1", ID: "sha256:pause", Labels: map[string]string{pods.LabelHold: "c1"}},
+			{Name: "reg/agent:breakglass-held-aa", ID: "sha256:agent", Labels: map[string]string{pods.LabelHold: "c1", pods.LabelHoldOf: "reg/agent:1"}},
+			{Name: "reg/other:1", ID: "sha256:pause", Labels: map[string]string{pods.LabelHold: "c2"}},
+			{Name: "reg/pause:3.10", ID: "sha256:pause"},
+		},
+		Pods: []pods.Pod{{Namespace: "telemetry", Name: "agent-x", UID: "u1", Containers: []pods.Container{{Name: "agent", State: "running", ImageRef: "sha256:pause"}}}},
+	}
+	listed := map[string]NodePods{"w1": np, "w2": {Node: "w2"}}
+	held, notes := heldFromNodes(context.Background(), &Pods{}, listed, "c1", []string{"w1", "w2"})
+	if len(held) != 1 || held[0].node != "w1" || len(held[0].change.Hold) != 1 || held[0].change.Hold[0].Image != "reg/agent:1" || held[0].change.Hold[0].PauseID != "sha256:pause" {
+		t.Fatalf("held %+v, want reg/agent:1 on w1 only", held)
+	}
+	if len(held[0].change.Stop) != 0 || len(notes) != 1 || !strings.Contains(notes[0], "without etcd") {
+		t.Errorf("without etcd: stops %v, notes %q; want no stop and a note", held[0].change.Stop, notes)
+	}
+}
