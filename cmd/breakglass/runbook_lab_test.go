@@ -214,13 +214,21 @@ func TestLabRunbookApiserverOverload(t *testing.T) {
 		t.Errorf("a shed is still active after the runbook:\n%s", recovered)
 	}
 
-	_, _, code = r.run(t, "runbook", "undo", runID, "--yes")
-	if code != 0 {
-		t.Fatalf("undo: exit %d", code)
+	r.undoOverloadRun(t, runID, before)
+}
+
+// undoOverloadRun undoes an apiserver-overload run and checks the lab is
+// back as before it (the nodes and etcd as nodesAndEtcd read them): the
+// agents run again on every worker, the DaemonSet's spec is the one it
+// had, no shed is active.
+func (r *runbookLab) undoOverloadRun(t *testing.T, runID, before string) {
+	t.Helper()
+	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes"); code != 0 {
+		t.Fatalf("runbook undo %s: exit %d", runID, code)
 	}
 	waitFor(t, "the telemetry agents to run again on every worker", 3*time.Minute, func() (bool, error) {
 		n := r.agents(t)
-		for _, h := range st.HostsWithRole("worker") {
+		for _, h := range r.st.HostsWithRole("worker") {
 			if n[h.Name] == 0 {
 				return false, fmt.Errorf("agents per worker: %v", n)
 			}

@@ -163,25 +163,7 @@ func TestLabRunbookTUIInTmux(t *testing.T) {
 		t.Errorf("a shed is still active after the runbook:\n%s", recovered)
 	}
 
-	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes"); code != 0 {
-		t.Fatalf("runbook undo %s: exit %d", runID, code)
-	}
-	waitFor(t, "the telemetry agents to run again on every worker", 3*time.Minute, func() (bool, error) {
-		n := r.agents(t)
-		for _, h := range st.HostsWithRole("worker") {
-			if n[h.Name] == 0 {
-				return false, fmt.Errorf("agents per worker: %v", n)
-			}
-		}
-		return true, nil
-	})
-	undone := r.nodesAndEtcd(t)
-	if got, want := specOf(daemonSetLine(undone)), specOf(daemonSetLine(before)); got == "" || got != want {
-		t.Errorf("undo did not put the DaemonSet's spec back:\nbefore: %s\nafter:  %s", want, got)
-	}
-	if strings.Contains(undone, " active ") {
-		t.Errorf("a shed is active after undo:\n%s", undone)
-	}
+	r.undoOverloadRun(t, runID, before)
 }
 
 // shq quotes s for sh.
