@@ -3,8 +3,10 @@ package lab
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -73,15 +75,23 @@ func readSpec(path string) (Spec, time.Time, error) {
 // what `breakglass lab supervise` runs inside a host.
 func Supervise(ctx context.Context, spec string, log io.Writer) error {
 	backoff := time.Second
+	said := ""
 	for ctx.Err() == nil {
 		s, mtime, err := readSpec(spec)
 		if err != nil {
-			fmt.Fprintf(log, "supervise: %v\n", err)
-			if !sleepCtx(ctx, 2*time.Second) {
+			// A spec moved away (breakglass kubelet stop moves it aside, as
+			// a static pod's manifest is moved out of the manifests
+			// directory): nothing runs until it is back. Said once.
+			if err.Error() != said {
+				fmt.Fprintf(log, "supervise: %s: %v; waiting for it\n", time.Now().Format(time.RFC3339), err)
+				said = err.Error()
+			}
+			if !sleepCtx(ctx, time.Second) {
 				break
 			}
 			continue
 		}
+		said = ""
 		cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
 		cmd.Env = append(os.Environ(), s.Env...)
 		cmd.Stdout, cmd.Stderr = log, log
@@ -116,7 +126,15 @@ func Supervise(ctx context.Context, spec string, log io.Writer) error {
 				reason = "stop"
 				break wait
 			case <-tick.C:
-				if fi, err := os.Stat(spec); err == nil && !fi.ModTime().Equal(mtime) {
+				fi, err := os.Stat(spec)
+				if errors.Is(err, fs.ErrNotExist) {
+					// As kubelet removes a static pod whose manifest is
+					// gone.
+					fmt.Fprintf(log, "supervise: %s: spec removed, stopping\n", time.Now().Format(time.RFC3339))
+					reason = "removed"
+					break wait
+				}
+				if err == nil && !fi.ModTime().Equal(mtime) {
 					next, nmtime, err := readSpec(spec)
 					if err == nil && slices.Equal(next.Argv, s.Argv) && slices.Equal(next.Env, s.Env) {
 						// Only the CPU cap changed: resized in place, as
