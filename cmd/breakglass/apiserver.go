@@ -26,7 +26,7 @@ confirmed), 130 cancelled.`
 func newCmdAPIServer(d *Deps, runF func(*apiserverTuneOptions) error) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "apiserver",
-		Short: "Tune the API server of a kubeadm control plane on its nodes, one node at a time",
+		Short: "Tune the API server of a kubeadm control plane on its nodes, or scale a hosted one through etcd",
 		Long: `Work on the API server of a kubeadm (static-pod) control plane from its nodes,
 over SSH, without the API: its manifest (` + manifest.DefaultPath + `, or the
 inventory's apiserver.manifest) is read as a Pod, edited, backed up outside
@@ -34,9 +34,13 @@ the manifests directory and written atomically, one node at a time, each
 node waited for until its kubelet restarted the API server and it answers
 /livez and /readyz on the node.
 
+A hosted control plane's API server (a Deployment or StatefulSet in a
+hosting cluster) is scaled through the hosting cluster's etcd with
+"apiserver scale", which names the operator that owns it first.
+
 ` + apiserverExitCodes,
 	}
-	cmd.AddCommand(newCmdAPIServerTune(d, runF), newCmdAPIServerStatus(d))
+	cmd.AddCommand(newCmdAPIServerTune(d, runF), newCmdAPIServerStatus(d), newCmdAPIServerScale(d, nil))
 	return cmd
 }
 
