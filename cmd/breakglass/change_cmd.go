@@ -340,6 +340,8 @@ func undoHint(p *change.Plan) string {
 		return "lift: breakglass pods hold lift " + p.ID
 	case steps.OpPodsLift:
 		return "hold again with breakglass pods hold"
+	case steps.OpKubeletStart, steps.OpControllerManagerRestore:
+		return "not undone by stopping again: breakglass kubelet stop (which moves the controller-manager aside first)"
 	}
 	return "undo: breakglass undo " + p.ID
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,7 +40,9 @@ pods again by itself. A "shed" change is undone by putting back, on every
 node, the table the change found (see docs/shed.md). An "apiserver tune"
 change is undone by putting every node's manifest back, one node at a
 time with the same waits (see docs/apiserver.md); the nodes are the
-control-plane nodes unless --nodes says otherwise.
+control-plane nodes unless --nodes says otherwise. A "kubelet stop" change
+is undone in the reverse order: the kubelets started (each waited for until
+it runs and renewed its lease), then the controller-manager put back.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 some nodes failed, 4 refused, 130
 cancelled.`,
@@ -81,6 +84,23 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 			backupDir = path.Dir(path.Dir(b))
 		}
 		r, err := newManifestRun(ctx, d, &apiserverOptions{nodes: o.pods.nodes, ssh: o.pods.ssh, manifest: first.Target.Path}, backupDir)
+		if err != nil {
+			return err
+		}
+		defer r.close()
+		e, stream := r.engine(d)
+		defer stream.Close()
+		_, err = e.Undo(ctx, recs, o.ID, o.Force)
+		return err
+	}
+	if found := journal.Find(recs, o.ID); serviceChange(found) != nil {
+		// A kubelet stop: the kubelets started again (each waited for until
+		// it renewed its lease), then the controller-manager put back.
+		so := &serviceOptions{nodes: o.pods.nodes, ssh: o.pods.ssh, cpNodes: []string{steps.ShedNodes}, wait: 2 * time.Minute}
+		if b := serviceChange(found).Details["backup"]; b != "" {
+			so.backupDir = path.Dir(path.Dir(b))
+		}
+		r, err := newServiceRun(ctx, d, so)
 		if err != nil {
 			return err
 		}
@@ -140,6 +160,17 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 func manifestChange(recs []journal.Record) *journal.Record {
 	for i := range recs {
 		if recs[i].Kind == journal.KindNode && recs[i].Details["kind"] == steps.KindManifest {
+			return &recs[i]
+		}
+	}
+	return nil
+}
+
+// serviceChange returns the first record of recs that stopped or started
+// a node component (kubelet stop and its undo), or nil.
+func serviceChange(recs []journal.Record) *journal.Record {
+	for i := range recs {
+		if recs[i].Kind == journal.KindNode && recs[i].Details["kind"] == steps.KindService {
 			return &recs[i]
 		}
 	}
