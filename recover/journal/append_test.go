@@ -389,3 +389,33 @@ func ids(recs []Record) []string {
 	}
 	return out
 }
+
+// TestAppendAllBatch writes a batch far larger than AppendAll's buffer
+// (a fan-out's intents): every record reads back whole, in order, after
+// what was there.
+func TestAppendAllBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.jsonl")
+	j, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Append(testRecord(0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var batch []*Record
+	for seq := 2; seq <= 4000; seq++ {
+		batch = append(batch, testRecord(0, seq))
+	}
+	if err := j.AppendAll(batch); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(path); fi.Size() < 2*appendBuffer {
+		t.Fatalf("the batch is %d bytes, not larger than the buffer", fi.Size())
+	}
+	recs := readWhole(t, path, 4000)
+	for i, r := range recs {
+		if want := fmt.Sprintf("p0-%d", i+1); r.ID != want {
+			t.Fatalf("record %d is %s, want %s", i, r.ID, want)
+		}
+	}
+}

@@ -220,12 +220,20 @@ func (j *Journal) Operator() string { return j.operator }
 // it, and the next Append removes it before writing (trimTorn).
 func (j *Journal) Append(r *Record) error { return j.AppendAll([]*Record{r}) }
 
-// AppendAll writes several records as one write(2) under one lock and one
-// sync, in order: a fan-out's per-node outcomes cost one sync, not one per
-// node. On a failed write what it wrote is truncated away again (best
-// effort, as in Append).
+// AppendAll writes several records in order under one lock and one sync:
+// a fan-out's per-node outcomes cost one sync, not one per node. The
+// records are encoded straight into a buffered writer on the file rather
+// than into one slice of all of them first (that slice was tens of
+// megabytes for a fleet's intents, all of it garbage after the write), so
+// a batch goes out in writes of appendBuffer bytes; the flock held across
+// them keeps other breakglass processes from landing in between, as it
+// does for Append's halves. On a failed write (or a record that cannot be
+// encoded) what it wrote is truncated away again (best effort, as in
+// Append), and nothing of the batch is left.
 func (j *Journal) AppendAll(recs []*Record) error {
-	var b []byte
+	if len(recs) == 0 {
+		return nil
+	}
 	for _, r := range recs {
 		if r.Time.IsZero() {
 			r.Time = j.now().UTC()
@@ -242,14 +250,6 @@ func (j *Journal) AppendAll(recs []*Record) error {
 		if r.RunID == "" {
 			r.RunID = j.run
 		}
-		line, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		b = append(append(b, line...), '\n')
-	}
-	if len(b) == 0 {
-		return nil
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -267,9 +267,21 @@ func (j *Journal) AppendAll(recs []*Record) error {
 	if err != nil {
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
-	// os.File.Write returns an error whenever it wrote less than len(b).
-	if _, err := f.Write(b); err != nil {
-		// Best effort: if this fails too, the next Append's trimTorn cuts.
+	// A single record is marshalled whole and handed to one write(2), as
+	// Append promises; a batch goes through the buffer. json.Encoder
+	// writes what json.Marshal returns, and a newline.
+	w := bufio.NewWriterSize(f, appendBuffer)
+	enc := json.NewEncoder(w)
+	for _, r := range recs {
+		if err := enc.Encode(r); err != nil {
+			// Best effort: if this fails too, the next Append's trimTorn cuts.
+			f.Truncate(end)
+			return fmt.Errorf("journal %s: %w", j.path, err)
+		}
+	}
+	// os.File.Write (under the buffer) returns an error whenever it wrote
+	// less than it was given.
+	if err := w.Flush(); err != nil {
 		f.Truncate(end)
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
@@ -278,6 +290,11 @@ func (j *Journal) AppendAll(recs []*Record) error {
 	}
 	return nil
 }
+
+// appendBuffer is the size of AppendAll's writes. A record larger than it,
+// written alone (Append), still goes out in one write: bufio passes it
+// straight through.
+const appendBuffer = 256 << 10
 
 // flock takes a lock on the whole file, waiting for it.
 func flock(f *os.File, how int) error {
