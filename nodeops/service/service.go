@@ -90,6 +90,9 @@ func (c Component) Check() error {
 	if c.Name == "" || strings.ContainsAny(c.Name, "/ \n'") {
 		return fmt.Errorf("component name %q: want a process name such as kubelet", c.Name)
 	}
+	if len(c.Files) == 0 {
+		return fmt.Errorf("component %s: no file to look for (a static-pod manifest or a supervisor's spec file)", c.Name)
+	}
 	for _, f := range c.Files {
 		if err := manifest.CheckPath(f); err != nil {
 			return err
@@ -191,9 +194,6 @@ func Probe(ctx context.Context, r nodeops.Runner, t nodeops.Target, c Component)
 		files[i] = nodeops.ShellQuote(f)
 	}
 	list := strings.Join(files, " ")
-	if list == "" {
-		list = "''"
-	}
 	line := fmt.Sprintf(probeScript, nodeops.ShellQuote(c.Name), nodeops.ShellQuote(c.Unit), nodeops.ShellQuote(c.backupDir()), list, list)
 	out, err := r.Run(ctx, t, nodeops.Command{Line: line})
 	if err != nil {
@@ -249,8 +249,9 @@ func ParseProbe(out []byte) (State, error) {
 			}
 			s.Bytes = b
 		case "A":
-			p, h, ok := strings.Cut(rest, " ")
-			if ok {
+			// The hash is the last field: the path may hold spaces.
+			if i := strings.LastIndexByte(rest, ' '); i > 0 {
+				p, h := rest[:i], rest[i+1:]
 				if s.Aside == nil {
 					s.Aside = map[string]string{}
 				}
@@ -266,8 +267,10 @@ func ParseProbe(out []byte) (State, error) {
 	if s.Path != "" && manifest.Hash(s.Bytes) != s.Hash {
 		return s, fmt.Errorf("%s: the bytes read do not have the sha256 the node computed", s.Path)
 	}
-	for _, names := range s.Dirs {
+	for d, names := range s.Dirs {
+		// Two files in one directory list it twice.
 		slices.Sort(names)
+		s.Dirs[d] = slices.Compact(names)
 	}
 	return s, nil
 }
