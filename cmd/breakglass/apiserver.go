@@ -9,7 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/breakglass/breakglass/nodeops"
-	"github.com/breakglass/breakglass/nodeops/apiprobe"
 	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/manifest"
 	"github.com/breakglass/breakglass/recover/change"
@@ -202,12 +201,9 @@ func newManifestRun(ctx context.Context, d *Deps, o *apiserverOptions, backupDir
 	if err != nil {
 		return nil, err
 	}
-	port := 6443
-	if inv, err := d.Inventory(); err == nil && inv.APIServer.Port != 0 {
-		port = inv.APIServer.Port
-	}
-	k := &steps.Manifest{Runner: r, Watch: &steps.NodeAPIServer{Runner: r, Probe: apiprobe.Options{Port: port}},
-		Targets: targets, Path: o.manifestPath(d), BackupDir: backupDir, CallTimeout: d.Global.Timeout, Concurrency: d.Global.Concurrency}
+	env := d.stepsEnv(&o.ssh)
+	env.Runner = r
+	k := env.Manifest(targets, o.manifestPath(d), backupDir)
 	if err := k.Check(); err != nil {
 		r.Close()
 		return nil, usagef("%v", err)

@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/selector"
-	"github.com/breakglass/breakglass/nodeops/service"
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
 	"github.com/breakglass/breakglass/recover/steps"
@@ -67,27 +63,22 @@ func newServiceRun(ctx context.Context, d *Deps, o *serviceOptions) (*serviceRun
 	if err != nil {
 		return nil, err
 	}
-	kl, cm := service.Kubelet(), service.ControllerManager(o.cmManifest)
-	kl.BackupDir, cm.BackupDir = o.backupDir, o.backupDir
-	if kl.BackupDir == "" {
-		kl.BackupDir = "/etc/kubernetes/breakglass-backup"
-		cm.BackupDir = kl.BackupDir
-	}
-	k := &steps.Service{Runner: r, Targets: all, Kubelet: kl, ControllerManager: cm, Wait: o.wait,
-		CallTimeout: d.Global.Timeout, Concurrency: d.Global.Concurrency}
-	if err := k.Check(); err != nil {
-		r.Close()
-		return nil, usagef("%v", err)
-	}
-	sr := &serviceRun{kind: k, cps: cps, all: all, close: r.Close}
+	env := d.stepsEnv(&o.ssh)
+	env.Runner = r
+	sr := &serviceRun{cps: cps, all: all, close: r.Close}
 	if etcdConfigured(ctx, d) {
 		if st, err := d.Etcd(ctx); err == nil {
-			k.Leases = steps.EtcdLeases{Store: st}
+			env.Store = st
 		} else {
 			sr.leaseNote = fmt.Sprintf("kubelets' leases are not checked (etcd: %v): a started kubelet counts as back once it runs", err)
 		}
 	} else {
 		sr.leaseNote = "no etcd configured: kubelets' leases are not checked, a started kubelet counts as back once it runs (give etcd flags or an inventory with etcd to wait for the lease)"
+	}
+	sr.kind = env.Service(all, steps.ServiceOptions{ControllerManagerManifest: o.cmManifest, BackupDir: o.backupDir, Wait: o.wait})
+	if err := sr.kind.Check(); err != nil {
+		r.Close()
+		return nil, usagef("%v", err)
 	}
 	return sr, nil
 }
@@ -199,23 +190,6 @@ func addServiceFlagsD(cmd *cobra.Command, d *Deps, o *serviceOptions) {
 	addJournalFlag(cmd, d)
 }
 
-// Fraction is the first f of targets by name (rounded down, at least one).
-func Fraction(targets []nodeops.Target, f float64) []nodeops.Target {
-	out := slices.Clone(targets)
-	slices.SortFunc(out, func(a, b nodeops.Target) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
-	n := int(math.Floor(float64(len(out))*f + 1e-9))
-	n = max(n, 1)
-	return out[:min(n, len(out))]
-}
-
 func runKubeletStop(ctx context.Context, d *Deps, o *kubeletStopOptions) error {
 	targets, err := resolveNodes(ctx, d, &o.nodes)
 	if err != nil {
@@ -224,19 +198,6 @@ func runKubeletStop(ctx context.Context, d *Deps, o *kubeletStopOptions) error {
 	if len(targets) == 0 {
 		return usagef("--nodes %v selects no node", o.nodes.sel.Nodes)
 	}
-	var cpSel []string
-	for _, t := range targets {
-		if t.HasRole("control-plane") {
-			cpSel = append(cpSel, t.Name)
-		}
-	}
-	if len(cpSel) > 0 && !o.force {
-		return change.Refusedf("refused: --nodes selects control-plane nodes (%s): stopping their kubelet stops the supervision of their static pods (the API server, etcd)\nhint: select workers only (--nodes role=worker), or pass --force", strings.Join(cpSel, ", "))
-	}
-	chosen := Fraction(targets, o.fraction)
-	if len(chosen) < len(targets) {
-		fmt.Fprintf(d.ErrOut, "--fraction %g: %d of the %d selected nodes: %s\n", o.fraction, len(chosen), len(targets), targetNames(chosen))
-	}
 	r, err := newServiceRun(ctx, d, &o.serviceOptions)
 	if err != nil {
 		return err
@@ -244,16 +205,8 @@ func runKubeletStop(ctx context.Context, d *Deps, o *kubeletStopOptions) error {
 	defer r.close()
 	e, stream := r.engine(d)
 	defer stream.Close()
-	_, err = e.Run(ctx, r.withNote(steps.PlanKubeletStop(r.kind, r.cps, chosen, o.force)))
+	_, err = e.Run(ctx, r.withNote(steps.PlanKubeletStop(r.kind, r.cps, targets, o.fraction, o.force)))
 	return err
-}
-
-func targetNames(ts []nodeops.Target) string {
-	var n []string
-	for _, t := range ts {
-		n = append(n, t.Name)
-	}
-	return fmt.Sprint(n)
 }
 
 func newCmdKubeletStart(d *Deps) *cobra.Command {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -205,13 +207,40 @@ func pathBase(p string) string {
 // node that cannot be read, or a controller-manager that cannot be
 // stopped, refuses the plan unless force: a kubelet stopped under a
 // running controller-manager is a node evicted five minutes later.
-func PlanKubeletStop(k *Service, cps, workers []nodeops.Target, force bool) change.Planner {
+//
+// selected are the nodes asked for; with fraction below 1 only the first
+// fraction of them by name are stopped (Fraction). Control-plane nodes
+// among them are refused unless force: their kubelet supervises the
+// static pods of the control plane.
+func PlanKubeletStop(k *Service, cps, selected []nodeops.Target, fraction float64, force bool) change.Planner {
 	return func(ctx context.Context, id string) (*change.Plan, error) {
 		if err := k.Check(); err != nil {
 			return nil, err
 		}
+		if len(selected) == 0 {
+			return nil, fmt.Errorf("no node selected whose kubelet to stop")
+		}
+		if fraction <= 0 || fraction > 1 {
+			return nil, fmt.Errorf("fraction %g: want more than 0 and at most 1", fraction)
+		}
+		var cpSel []string
+		for _, t := range selected {
+			if t.HasRole("control-plane") {
+				cpSel = append(cpSel, t.Name)
+			}
+		}
+		if len(cpSel) > 0 && !force {
+			return nil, change.Refusedf("refused: --nodes selects control-plane nodes (%s): stopping their kubelet stops the supervision of their static pods (the API server, etcd)\nhint: select workers only (--nodes role=worker), or pass --force", strings.Join(cpSel, ", "))
+		}
+		workers := Fraction(selected, fraction)
 		p := &change.Plan{ID: id, Op: OpKubeletStop,
 			Title: fmt.Sprintf("stop the kubelet on %d node%s, after moving the controller-manager aside", len(workers), plural(len(workers)))}
+		if len(workers) < len(selected) {
+			p.Notes = append(p.Notes, fmt.Sprintf("fraction %g: %d of the %d selected nodes (the first by name): %s", fraction, len(workers), len(selected), names(workers)))
+		}
+		if len(cpSel) > 0 {
+			p.Notes = append(p.Notes, "--force: control-plane nodes selected ("+strings.Join(cpSel, ", ")+"): their static pods lose their supervisor while the kubelet is stopped")
+		}
 		cm := k.ControllerManager
 		var problems []string
 		found := 0
@@ -289,6 +318,14 @@ func PlanKubeletStop(k *Service, cps, workers []nodeops.Target, force bool) chan
 		}
 		return p, nil
 	}
+}
+
+// Fraction is the first f of targets by name (rounded down, at least one).
+func Fraction(targets []nodeops.Target, f float64) []nodeops.Target {
+	out := slices.Clone(targets)
+	slices.SortFunc(out, func(a, b nodeops.Target) int { return strings.Compare(a.Name, b.Name) })
+	n := max(int(math.Floor(float64(len(out))*f+1e-9)), 1)
+	return out[:min(n, len(out))]
 }
 
 func names(ts []nodeops.Target) string {

@@ -1,0 +1,63 @@
+package steps
+
+import (
+	"time"
+
+	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/apiprobe"
+	"github.com/breakglass/breakglass/nodeops/manifest"
+	"github.com/breakglass/breakglass/nodeops/service"
+)
+
+// The kinds that change files and services on nodes over SSH (the API
+// server's manifest, kubelets and the controller-manager), built the same
+// way for the commands and for runbook steps.
+
+// DefaultServiceBackupDir is where files moved aside by kubelet stop go
+// on the nodes, one directory per change.
+const DefaultServiceBackupDir = "/etc/kubernetes/breakglass-backup"
+
+// ServiceOptions say how kubelets and the controller-manager are found
+// and waited for.
+type ServiceOptions struct {
+	// ControllerManagerManifest is the controller-manager's file on the
+	// control-plane nodes ("": kubeadm's, the lab's, else its unit).
+	ControllerManagerManifest string
+	// BackupDir is where files moved aside go ("":
+	// DefaultServiceBackupDir).
+	BackupDir string
+	// Wait bounds how long one node may take to stop or start (0: 2m).
+	Wait time.Duration
+}
+
+// Service returns the service kind for targets (every node a change may
+// touch, for undo). With a Store, started kubelets are waited for until
+// they renewed their node's lease, read from etcd.
+func (e *Env) Service(targets []nodeops.Target, o ServiceOptions) *Service {
+	kl, cm := service.Kubelet(), service.ControllerManager(o.ControllerManagerManifest)
+	kl.BackupDir, cm.BackupDir = o.BackupDir, o.BackupDir
+	if kl.BackupDir == "" {
+		kl.BackupDir, cm.BackupDir = DefaultServiceBackupDir, DefaultServiceBackupDir
+	}
+	k := &Service{Runner: e.Runner, Targets: targets, Kubelet: kl, ControllerManager: cm, Wait: o.Wait,
+		CallTimeout: e.Fanout.Timeout, Concurrency: e.Fanout.Concurrency}
+	if e.Store != nil {
+		k.Leases = EtcdLeases{Store: e.Store}
+	}
+	return k
+}
+
+// Manifest returns the API server manifest kind for targets: the
+// manifest at path ("": the inventory's apiserver.manifest, else
+// kubeadm's), backups under backupDir ("": next to the manifests
+// directory), each node's API server watched on the inventory's port.
+func (e *Env) Manifest(targets []nodeops.Target, path, backupDir string) *Manifest {
+	if path == "" && e.Inventory != nil {
+		path = e.Inventory.APIServer.Manifest
+	}
+	if path == "" {
+		path = manifest.DefaultPath
+	}
+	return &Manifest{Runner: e.Runner, Watch: &NodeAPIServer{Runner: e.Runner, Probe: apiprobe.Options{Port: e.ShedPort(0)}},
+		Targets: targets, Path: path, BackupDir: backupDir, CallTimeout: e.Fanout.Timeout, Concurrency: e.Fanout.Concurrency}
+}
