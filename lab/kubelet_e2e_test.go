@@ -281,4 +281,57 @@ func TestLabKubeletStopStart(t *testing.T) {
 	if strings.Contains(out, ".breakglass-") {
 		t.Errorf("a temporary file is left in cp-1's spec directory:\n%s", out)
 	}
+
+	// Third round: the same lever as a runbook step, and the run undone.
+	rb := filepath.Join(t.TempDir(), "take-load-off.yaml")
+	if err := os.WriteFile(rb, []byte(`name: take-load-off
+description: stop half the workers' kubelets, the controller-manager moved aside first
+steps:
+  - id: stop
+    type: kubelet-stop
+    params:
+      nodes: [role=worker]
+      fraction: "0.5"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.run("runbook", "run", rb, "--dry-run", "--journal", b.jnl); r.code != 0 || !strings.Contains(r.stdout+r.stderr, "kube-controller-manager") {
+		t.Fatalf("runbook run --dry-run: exit %d, want 0 and the controller-manager in the plan", r.code)
+	}
+	if len(ownProcs(t, st, cp, "kube-controller")) == 0 || len(ownProcs(t, st, stopped[0], "kubelet")) == 0 {
+		t.Fatalf("the runbook's dry run stopped something")
+	}
+	rr := b.run("runbook", "run", rb, "--yes", "-o", "json", "--journal", b.jnl)
+	if rr.code != 0 {
+		t.Fatalf("runbook run: exit %d", rr.code)
+	}
+	runID := ""
+	for _, l := range strings.Split(rr.stdout, "\n") {
+		var ev struct{ Type, RunID string }
+		if json.Unmarshal([]byte(l), &ev) == nil && ev.Type == "runStarted" {
+			runID = ev.RunID
+		}
+	}
+	if runID == "" {
+		t.Fatalf("runbook run printed no runStarted event with its run ID")
+	}
+	if len(ownProcs(t, st, cp, "kube-controller")) != 0 {
+		t.Fatalf("runbook kubelet-stop: the controller-manager still runs on %s", cp.Name)
+	}
+	for _, w := range stopped {
+		if len(ownProcs(t, st, w, "kubelet")) != 0 {
+			t.Errorf("runbook kubelet-stop: the kubelet still runs on %s", w.Name)
+		}
+	}
+	if r := b.run("runbook", "undo", runID, "--yes", "--journal", b.jnl); r.code != 0 {
+		t.Fatalf("runbook undo %s: exit %d", runID, r.code)
+	}
+	for _, w := range workers {
+		if len(ownProcs(t, st, w, "kubelet")) == 0 {
+			t.Errorf("after runbook undo: no kubelet on %s", w.Name)
+		}
+	}
+	if len(ownProcs(t, st, cp, "kube-controller")) == 0 {
+		t.Fatalf("after runbook undo: no kube-controller-manager on %s", cp.Name)
+	}
 }

@@ -63,8 +63,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad name", "name: Bad_Name\nsteps: [{id: a, type: note, params: {message: hi}}]\n", []string{"f.yaml:1: name: \"Bad_Name\""}},
 		{"no steps", "name: x\nsteps: []\n", []string{"f.yaml:2: steps: want a list of at least one step"}},
 		{"unknown type", "name: x\nsteps:\n  - id: a\n    type: shed-netwrok\n", []string{`f.yaml:4: steps[0].type: unknown step type "shed-netwrok" (this build has: `}},
-		{"type not in this build", "name: x\nsteps:\n  - id: a\n    type: kubelet-stop\n", []string{`f.yaml:4: steps[0].type: step type "kubelet-stop" (stopping kubelet on nodes) is not available in this build`}},
-		{"apiserver-tune not in this build", "name: x\nsteps:\n  - id: a\n    type: apiserver-tune\n", []string{`f.yaml:4: steps[0].type: step type "apiserver-tune" (changing the apiserver's flags in its manifest) is not available in this build`}},
+		{"type not in this build", "name: x\nsteps:\n  - id: a\n    type: apiserver-add\n", []string{`f.yaml:4: steps[0].type: step type "apiserver-add" (starting another apiserver) is not available in this build`}},
 		{"missing id", "name: x\nsteps:\n  - type: note\n    params: {message: hi}\n", []string{"f.yaml:3: steps[0].id: missing"}},
 		{"duplicate id", "name: x\nsteps:\n  - {id: a, type: note, params: {message: hi}}\n  - {id: a, type: note, params: {message: hi}}\n", []string{`f.yaml:4: steps[1].id: "a": already the id of steps[0]`}},
 		{"id with dash", "name: x\nsteps:\n  - {id: my-step, type: note, params: {message: hi}}\n", []string{`f.yaml:3: steps[0].id: "my-step": step ids are letters`}},
@@ -128,15 +127,15 @@ func TestResolveParams(t *testing.T) {
 // A capability that lands later registers its step type, and runbooks
 // naming it then validate.
 func TestRegisterStepLater(t *testing.T) {
-	const yaml = "name: x\nsteps:\n  - id: a\n    type: kubelet-stop\n    params: {nodes: worker-1}\n"
+	const yaml = "name: x\nsteps:\n  - id: a\n    type: apiserver-add\n    params: {nodes: worker-1}\n"
 	if _, err := Load("f.yaml", []byte(yaml)); err == nil || !strings.Contains(err.Error(), "not available in this build") {
 		t.Fatalf("before registration: %v", err)
 	}
-	RegisterStep(StepType{Name: "kubelet-stop", Params: []ParamSpec{nodesParam},
+	RegisterStep(StepType{Name: "apiserver-add", Params: []ParamSpec{nodesParam},
 		Prepare: func(context.Context, *Session, Args) (*Action, error) { return nil, errors.New("test only") }})
 	defer func() {
 		registry.Lock()
-		delete(registry.steps, "kubelet-stop")
+		delete(registry.steps, "apiserver-add")
 		registry.Unlock()
 	}()
 	if _, err := Load("f.yaml", []byte(yaml)); err != nil {

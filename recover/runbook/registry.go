@@ -71,7 +71,7 @@ var registry = struct {
 }{steps: map[string]*StepType{}, checks: map[string]*CheckType{}}
 
 // RegisterStep adds a step type. A capability that lands later (diagnose,
-// apiserver-tune, apiserver-add, kubelet-stop) registers its step from an
+// apiserver-add) registers its step from an
 // init function of its own file; runbooks that name it then validate.
 func RegisterStep(t StepType) {
 	registry.Lock()
@@ -136,9 +136,7 @@ func CheckTypes() []*CheckType {
 // still being built: a runbook naming one is refused as "not available in
 // this build", not as a typo.
 var unavailable = map[string]string{
-	"apiserver-tune": "changing the apiserver's flags in its manifest",
-	"apiserver-add":  "starting another apiserver",
-	"kubelet-stop":   "stopping kubelet on nodes",
+	"apiserver-add": "starting another apiserver",
 }
 
 func stepTypeError(name string) string {

@@ -197,13 +197,20 @@ func (e *Engine) undoRun(ctx context.Context, id string, step int, list []stepCh
 	nodes := s.allNodes(ctx)
 	ce.Register(s.Env.Nft(nodes))
 	ce.Register(&steps.Exec{Runner: s.Env.Runner, Options: s.Env.Fanout})
+	// The kinds on the control plane's files and services: their records
+	// carry the paths, backups and phases the undo needs.
+	ce.Register(runbookManifest{s.Env.Manifest(nodes, "", "")})
 	var closers []func() error
 	defer func() {
 		for _, c := range closers {
 			c()
 		}
 	}()
-	if _, err := s.Store(ctx); err == nil {
+	_, storeErr := s.Store(ctx)
+	// After the Store: started kubelets are waited for until their lease
+	// is renewed, where etcd answers.
+	ce.Register(runbookService{s.Env.Service(nodes, steps.ServiceOptions{})})
+	if storeErr == nil {
 		via, _ := steps.ContainerdVia(s.Env.Inventory, "")
 		pk := s.Env.Pods(nodes, via)
 		closers = append(closers, pk.Close)
@@ -228,6 +235,10 @@ func (e *Engine) undoRun(ctx context.Context, id string, step int, list []stepCh
 			}
 			if recs[0].Op == steps.OpExec {
 				s.Note("change %s of step %d ran a command on nodes (exec): it cannot be undone; passed over", cid, sc.Index)
+				continue
+			}
+			if recs[0].Op == steps.OpKubeletStart || recs[0].Op == steps.OpControllerManagerRestore {
+				s.Note("change %s of step %d started components (%s): it is not undone by stopping them again; passed over", cid, sc.Index, recs[0].Op)
 				continue
 			}
 			if recs[0].Op == steps.OpPodsStop {
