@@ -2,10 +2,47 @@ package etcd
 
 import (
 	"fmt"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
+
+// NeutralisePriorityClass returns a mutation that takes a PriorityClass's
+// power to cause a preemption cascade: globalDefault false (new pods
+// without a class no longer get it) and preemptionPolicy Never (pods
+// admitted with it from now on wait for room instead of evicting others).
+// Its value is left alone: the pods that have it keep their place. Both
+// fields are immutable through the API (value and preemptionPolicy) or
+// need the API up; in etcd they are written as any other field.
+func NeutralisePriorityClass() Mutate {
+	return func(obj runtime.Object) (string, error) {
+		pc, ok := obj.(*schedulingv1.PriorityClass)
+		if !ok {
+			return "", fmt.Errorf("not a PriorityClass: %T", obj)
+		}
+		never := corev1.PreemptNever
+		was := "PreemptLowerPriority" // the API server's default when unset
+		if pc.PreemptionPolicy != nil {
+			was = string(*pc.PreemptionPolicy)
+		}
+		if !pc.GlobalDefault && was == string(never) {
+			return "", ErrNoChange
+		}
+		var parts []string
+		if pc.GlobalDefault {
+			parts = append(parts, "globalDefault true -> false")
+		}
+		if was != string(never) {
+			parts = append(parts, "preemptionPolicy "+was+" -> Never")
+		}
+		pc.GlobalDefault = false
+		pc.PreemptionPolicy = &never
+		return strings.Join(parts, ", "), nil
+	}
+}
 
 // Scale returns a mutation that sets spec.replicas of a Deployment,
 // StatefulSet or ReplicaSet.

@@ -41,6 +41,8 @@ var dryRunModes = map[string]string{
 	"breakglass controller-manager restore": dryRunHonoured,
 	"breakglass delete":                     dryRunHonoured,
 	"breakglass daemonset pause":            dryRunHonoured,
+	"breakglass priorityclass neutralise":   dryRunHonoured,
+	"breakglass priorityclass":              dryRunReadOnly,
 	"breakglass daemonset resume":           dryRunHonoured,
 	"breakglass pods stop":                  dryRunHonoured,
 	"breakglass pods hold":                  dryRunHonoured,

@@ -28,9 +28,10 @@ func TestNoArgumentsHelpOrPicker(t *testing.T) {
 
 // Choosing a runbook in the picker runs it as runbook run does: here a
 // dry run (--dry-run) of priority-preemption-cascade on embedded etcd, in
-// the run's TUI, which changes nothing. Its first step plans the scale of
-// the preemptor given in the picker; its second (the victims, read from
-// the nodes' containerd) fails here, where the inventory has no nodes.
+// the run's TUI, which changes nothing. Its diagnose reads etcd alone (no
+// node known) and names no class; the scale of the preemptor given in the
+// picker is planned; the victims step (read from the nodes' containerd)
+// fails here, where the inventory has no nodes.
 func TestPickerRunsTheChosenRunbook(t *testing.T) {
 	e := newEtcdEnv(t)
 	e.putDeploy(t, "shop", "new", 3)
@@ -41,8 +42,8 @@ func TestPickerRunsTheChosenRunbook(t *testing.T) {
 	// defaults of the rest.
 	d.In = strings.NewReader("\x1b[B\rshop/new\r\rcortex\r\r\r\r")
 	code, out, errOut := run(t, d, "--dry-run")
-	if code != 1 || !strings.Contains(out, "runbook priority-preemption-cascade") || !strings.Contains(out, "1 planned    scale") ||
-		!strings.Contains(errOut, "step 2 (victims): no nodes") {
+	if code != 1 || !strings.Contains(out, "runbook priority-preemption-cascade") || !strings.Contains(out, "3 planned    scale") ||
+		!strings.Contains(errOut, "step 4 (victims): no nodes") {
 		t.Errorf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	if e.replicasOf(t, "new") != 3 {

@@ -192,7 +192,7 @@ func TestRehearseRunsTheRunbookAgainstTheLab(t *testing.T) {
 	}
 
 	// The run: the scale is applied, the victims never run (no nodes), so
-	// the run fails at its second step; the change is listed.
+	// the run fails at its victims step; the change is listed.
 	code, out, errOut = run(t, testDeps(), append(args, "--yes", "--param", "timeout=1s")...)
 	if code != 1 {
 		t.Errorf("run: exit %d, want 1 (the victims do not run here)\n%s\n%s", code, out, errOut)
@@ -204,8 +204,8 @@ func TestRehearseRunsTheRunbookAgainstTheLab(t *testing.T) {
 		"original ingesters preempted: 2 of 2", // the incident's evidence
 		"rehearsal of priority-preemption-cascade against lab incident preemption (" + dir + "): failed",
 		"recovery: not measured",
-		"1 scale",
-		"breakglass runbook undo rb-", " --step 1 --journal " + e.journal + " --inventory " + inv,
+		"3 scale", // after the diagnose (1) and the neutralise, skipped here (2)
+		"breakglass runbook undo rb-", " --step 3 --journal " + e.journal + " --inventory " + inv,
 		"breakglass report rb-",
 		"breakglass lab incident reset --dir " + dir,
 		"breakglass lab down --dir " + dir,
@@ -230,7 +230,7 @@ func TestRehearseRunsTheRunbookAgainstTheLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	if reh.Type != "rehearsal" || reh.RunID == "" || len(reh.Changes) != 1 || reh.Changes[0].StepID != "scale" ||
-		!strings.HasPrefix(reh.Changes[0].Undo, "breakglass runbook undo "+reh.RunID+" --step 1") || len(reh.End) != 3 ||
+		!strings.HasPrefix(reh.Changes[0].Undo, "breakglass runbook undo "+reh.RunID+" --step 3") || len(reh.End) != 3 ||
 		reh.End[0] != "breakglass runbook undo "+reh.RunID+" --journal "+e.journal+" --inventory "+inv {
 		t.Errorf("rehearsal line %+v", reh)
 	}
@@ -267,7 +267,7 @@ func TestRehearseInATerminalOpensTheTUI(t *testing.T) {
 	d.InIsTTY, d.OutIsTTY = true, true
 	d.In = strings.NewReader("")
 	code, out, errOut := run(t, d, "rehearse", "priority-preemption-cascade", "--dir", st.Dir, "--journal", e.journal, "--dry-run")
-	if code != 0 || !strings.Contains(out, "runbook priority-preemption-cascade") || !strings.Contains(out, "1 planned    scale") ||
+	if code != 0 || !strings.Contains(out, "runbook priority-preemption-cascade") || !strings.Contains(out, "3 planned    scale") ||
 		!strings.Contains(out, "rehearsal of priority-preemption-cascade against lab incident preemption") ||
 		!strings.Contains(out, "dry run: every step was planned against the incident, nothing was changed") {
 		t.Errorf("exit %d\n%s\n%s", code, out, errOut)

@@ -269,8 +269,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // TestLabRunbookPreemptionCascade: under the preemption incident, the
-// built-in priority-preemption-cascade runbook (--yes -o json) scales the
-// preemptor down in etcd and waits until every original ingester's
+// built-in priority-preemption-cascade runbook (--yes -o json) finds the
+// PriorityClass and the preemptor with its diagnose step (no preemptor
+// parameter), neutralises the class and scales the preemptor down in etcd and waits until every original ingester's
 // replacement runs again; what runs is read from the workers' containerd
 // (pods list), not from the apiserver. Undo scales the preemptor back.
 func TestLabRunbookPreemptionCascade(t *testing.T) {
@@ -293,7 +294,7 @@ func TestLabRunbookPreemptionCascade(t *testing.T) {
 	}
 	want := fmt.Sprint(res.OriginalIngesters)
 	out, _, code := r.run(t, "runbook", "run", "priority-preemption-cascade", "--yes", "-o", "json",
-		"--param", "preemptor="+lab.NewClusterNS+"/new-cluster", "--param", "victims="+lab.IngesterNamespace,
+		"--param", "victims="+lab.IngesterNamespace,
 		"--param", "victimSelector=app=ingester", "--param", "victimCount="+want, "--param", "timeout=5m")
 	if code != 0 {
 		t.Fatalf("run: exit %d", code)
@@ -307,6 +308,15 @@ func TestLabRunbookPreemptionCascade(t *testing.T) {
 				t.Errorf("run finished %v", l)
 			}
 		}
+	}
+	// The diagnose step named the class: it is neutralised in etcd.
+	pcOut, _, _ := r.run(t, "get", "priorityclasses", "medium", "-o", "json")
+	var pc struct {
+		GlobalDefault    bool   `json:"globalDefault"`
+		PreemptionPolicy string `json:"preemptionPolicy"`
+	}
+	if err := json.Unmarshal([]byte(pcOut), &pc); err != nil || pc.GlobalDefault || pc.PreemptionPolicy != "Never" {
+		t.Errorf("PriorityClass medium after the run: %+v (%v), want globalDefault false and preemptionPolicy Never", pc, err)
 	}
 	// From the workers' containerd: the ingesters run, the preemptor not.
 	so, _, _ := r.run(t, "pods", "list", "--nodes", "role=worker", "-o", "json")
@@ -331,6 +341,11 @@ func TestLabRunbookPreemptionCascade(t *testing.T) {
 	}
 	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes", "--force"); code != 0 {
 		t.Errorf("undo --force: exit %d", code)
+	}
+	pcOut, _, _ = r.run(t, "get", "priorityclasses", "medium", "-o", "json")
+	pc.GlobalDefault, pc.PreemptionPolicy = false, ""
+	if err := json.Unmarshal([]byte(pcOut), &pc); err != nil || !pc.GlobalDefault || pc.PreemptionPolicy == "Never" {
+		t.Errorf("PriorityClass medium after the undo: %+v (%v), want it as it was (globalDefault)", pc, err)
 	}
 	gout, _, _ := r.run(t, "get", "deployments", "-n", lab.NewClusterNS, "new-cluster", "-o", "json")
 	if !strings.Contains(gout, fmt.Sprintf(`"replicas": %d`, len(st.HostsWithRole("worker")))) && !strings.Contains(gout, fmt.Sprintf(`"replicas":%d`, len(st.HostsWithRole("worker")))) {

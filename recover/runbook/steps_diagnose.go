@@ -7,6 +7,7 @@ import (
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/pods"
+	"github.com/breakglass/breakglass/nodeops/selector"
 	"github.com/breakglass/breakglass/recover/diagnose"
 	"github.com/breakglass/breakglass/recover/steps"
 )
@@ -15,6 +16,8 @@ import (
 // the top suspect for later steps: {{ .steps.ID.daemonset }} (or
 // deployment, statefulset, priorityclass), kind, ref, serviceaccount,
 // runbook and selector; all empty when no suspect is above threshold.
+// priorityclass and preemptor name the cascade's class and workload from
+// any suspect above threshold (addPreemption).
 func init() {
 	RegisterStep(StepType{Name: "diagnose", Summary: "name the offender from etcd and the nodes (read-only): its results select it for later steps",
 		Params: []ParamSpec{
@@ -50,9 +53,21 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 			env.APIServerPort = s.Env.Inventory.APIServer.Port
 		}
 		if s.Env.Runner != nil {
-			nodes, err := s.Nodes(ctx, a.List("nodes"), "")
+			// No node known (an inventory without nodes, no node source):
+			// etcd is read alone. Nodes asked for must match.
+			nodes, _, err := s.Env.Nodes(ctx, selector.Options{Nodes: a.List("nodes")})
+			if err != nil && !a.Has("nodes") {
+				s.Note("nodes not read (%s)", firstLine(err.Error()))
+				nodes, err = nil, nil
+			}
+			if err == nil && len(nodes) == 0 && a.Has("nodes") {
+				err = fmt.Errorf("nodes %s: no node matches", strings.Join(a.List("nodes"), ","))
+			}
 			if err != nil {
 				return nil, err
+			}
+			if len(nodes) == 0 {
+				s.Note("no nodes known: diagnose reads etcd only")
 			}
 			env.Runner, env.Nodes = s.Env.Runner, nodes
 			if s.Env.SSH != nil {
@@ -73,6 +88,7 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 		}
 		s.Note("diagnose read %d etcd ranges and %d nodes (%d failed)", rep.Reads.Ranges, rep.SSH.Nodes, rep.SSH.Failed)
 		res := suspectResult(rep.Suspect)
+		addPreemption(res, rep.Suspects)
 		if rep.Suspect == nil {
 			if require {
 				return res, fmt.Errorf("diagnose: no suspect above threshold")
@@ -85,11 +101,30 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 	}}, nil
 }
 
+// addPreemption fills the results of the 2019 cascade from every suspect
+// above threshold, not only the top one: priorityclass is the best
+// PriorityClass suspect's name, preemptor the best preempting workload's
+// NAMESPACE/NAME (a Deployment or StatefulSet: what a scale step takes),
+// both empty when there is none.
+func addPreemption(res map[string]string, suspects []diagnose.Suspect) {
+	for _, sp := range suspects {
+		if !sp.AboveThreshold {
+			continue
+		}
+		switch {
+		case sp.Kind == "PriorityClass" && res["priorityclass"] == "":
+			res["priorityclass"] = sp.Ref()
+		case sp.Runbook == "stop-preemptor" && (sp.Kind == "Deployment" || sp.Kind == "StatefulSet") && res["preemptor"] == "":
+			res["preemptor"] = sp.Ref()
+		}
+	}
+}
+
 // suspectResult is the step's results for a suspect (every key, empty
 // for none, so that later templates always render).
 func suspectResult(sp *diagnose.Suspect) map[string]string {
 	res := map[string]string{"kind": "", "ref": "", "serviceaccount": "", "runbook": "", "selector": "",
-		"daemonset": "", "deployment": "", "statefulset": "", "priorityclass": ""}
+		"daemonset": "", "deployment": "", "statefulset": "", "priorityclass": "", "preemptor": ""}
 	if sp == nil {
 		return res
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/breakglass/breakglass/recover/change"
+	"github.com/breakglass/breakglass/recover/diagnose"
 )
 
 const diagnoseRunbook = `name: diagnose-then-act
@@ -48,7 +49,27 @@ func TestDiagnoseStep(t *testing.T) {
 	if !found {
 		t.Error("the note did not render the (empty) suspect results")
 	}
-	if got := suspectResult(nil); len(got) != 9 || got["daemonset"] != "" {
+	if got := suspectResult(nil); len(got) != 10 || got["daemonset"] != "" || got["preemptor"] != "" {
 		t.Errorf("no suspect: %v", got)
+	}
+}
+
+// The cascade's class and preemptor come from any suspect above
+// threshold, the best of each; those below it are not used.
+func TestAddPreemption(t *testing.T) {
+	res := suspectResult(nil)
+	addPreemption(res, []diagnose.Suspect{
+		{Kind: "PriorityClass", Name: "medium", AboveThreshold: true},
+		{Kind: "Deployment", Namespace: "new", Name: "cluster", Runbook: "stop-preemptor", AboveThreshold: true},
+		{Kind: "Deployment", Namespace: "other", Name: "x", Runbook: "stop-preemptor", AboveThreshold: true},
+		{Kind: "PriorityClass", Name: "low", AboveThreshold: false},
+	})
+	if res["priorityclass"] != "medium" || res["preemptor"] != "new/cluster" {
+		t.Errorf("results %v", res)
+	}
+	res = suspectResult(nil)
+	addPreemption(res, []diagnose.Suspect{{Kind: "PriorityClass", Name: "low"}, {Kind: "Pod", Namespace: "a", Name: "b", Runbook: "stop-preemptor", AboveThreshold: true}})
+	if res["priorityclass"] != "" || res["preemptor"] != "" {
+		t.Errorf("below threshold or a bare pod: %v", res)
 	}
 }

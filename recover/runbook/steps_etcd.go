@@ -62,6 +62,26 @@ func init() {
 			recs, _ := s.Records()
 			return &Action{Kinds: []change.Kind{k}, Planner: steps.ResumeDaemonSet(k, obj, recs)}, nil
 		}})
+	RegisterStep(StepType{Name: "priorityclass-neutralise", Summary: "set globalDefault false and preemptionPolicy Never on a PriorityClass in etcd (the preemption cascade)",
+		Params: []ParamSpec{
+			{Name: "priorityClass", Type: "string", Required: true, Doc: "the PriorityClass's name ({{ .steps.ID.priorityclass }} of a diagnose step)"},
+			{Name: "force", Type: "bool", Doc: "neutralise a system-* class too"},
+		},
+		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {
+			name := a.String("priorityClass")
+			if name == "" || strings.Contains(name, "/") {
+				return nil, fmt.Errorf("priorityClass %q: want the name of a PriorityClass (cluster-scoped, no namespace)", name)
+			}
+			force, err := a.Bool("force")
+			if err != nil {
+				return nil, err
+			}
+			k, err := etcdKind(ctx, s)
+			if err != nil {
+				return nil, err
+			}
+			return &Action{Kinds: []change.Kind{k}, Planner: steps.NeutralisePriorityClass(k, name, force), Result: changeResult}, nil
+		}})
 	RegisterStep(StepType{Name: "scale", Summary: "set spec.replicas of a Deployment, StatefulSet or ReplicaSet in etcd",
 		Params: []ParamSpec{
 			{Name: "resource", Type: "string", Default: "deployments", Doc: "deployments, statefulsets or replicasets"},

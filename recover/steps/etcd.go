@@ -7,6 +7,7 @@ package steps
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -15,6 +16,10 @@ import (
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
 )
+
+// OpPriorityClassNeutralise is the op of NeutralisePriorityClass: an etcd
+// change, undone (exact bytes back) as every etcd change is.
+const OpPriorityClassNeutralise = "priorityclass-neutralise"
 
 // Object names one Kubernetes object in etcd.
 type Object struct {
@@ -105,6 +110,33 @@ func resumeNote(k *change.Etcd, records []journal.Record, c *etcd.Change) string
 		return fmt.Sprintf("the spec differs from the one before pause %s: it was changed while paused (kept)", pausedBy)
 	}
 	return ""
+}
+
+// NeutralisePriorityClass plans globalDefault false and preemptionPolicy
+// Never on a PriorityClass (the 2019 cascade's lever). The system-*
+// classes (system-node-critical, system-cluster-critical) are refused
+// unless force.
+func NeutralisePriorityClass(k *change.Etcd, name string, force bool) change.Planner {
+	r, _ := etcd.NewLayout("").Lookup("priorityclasses")
+	plan := etcdPlanner(k, OpPriorityClassNeutralise, fmt.Sprintf("neutralise priorityclass %s (globalDefault false, preemptionPolicy Never)", name), force,
+		func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
+			return k.Store.PlanUpdate(ctx, r, "", name, etcd.NeutralisePriorityClass(), w)
+		})
+	return func(ctx context.Context, id string) (*change.Plan, error) {
+		if strings.HasPrefix(name, "system-") && !force {
+			return nil, change.Refusedf("priorityclass %s is one of the system classes the control plane and node agents run with\nhint: pass --force if this is really what the incident needs", name)
+		}
+		p, err := plan(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if len(p.Items) > 0 {
+			p.Notes = append(p.Notes,
+				"pods that have this class already keep the priority and preemption policy they were admitted with: stop the preempting workload too (scale it in etcd)",
+				"pods created from now on: without a class they get no default priority; with this class they wait for room instead of preempting")
+		}
+		return p, nil
+	}
 }
 
 // Delete plans removing one object's key. Protected objects (Namespaces,
