@@ -97,7 +97,7 @@ else
 	run all BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_BIN="$BIN" \
 		"$GO" test -count=1 -v -timeout 30m ./...
 	run incidents BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_BIN="$BIN" \
-		"$GO" test -count=1 -v -timeout 15m -run 'TestIncident' ./lab/
+		"$GO" test -count=1 -v -timeout 25m -run 'TestIncident|TestLabKubeletStopStart' ./lab/
 	# lab down removes the lab's logs: keep what a failure needs first.
 	if [ "$failed" != 0 ]; then
 		for f in "$LAB_DIR"/logs/cp-1-kube-{controller-manager,scheduler,apiserver}.log; do
