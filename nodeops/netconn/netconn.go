@@ -123,6 +123,10 @@ func Parse(out []byte, port int) (*Table, error) {
 	t := &Table{Port: port}
 	procs := map[int]*Process{}
 	owner := map[uint64]int{}
+	// /proc/net/tcp is read in chunks that resume by position, so a
+	// socket table that changes during the read (any busy node) can list
+	// one socket twice: each connection is kept once.
+	seen := map[Conn]bool{}
 	proc := func(pid int) *Process {
 		p := procs[pid]
 		if p == nil {
@@ -157,7 +161,11 @@ func Parse(out []byte, port int) (*Table, error) {
 			if err != nil {
 				return nil, bad(err)
 			}
-			t.Conns = append(t.Conns, Conn{Local: local, Remote: remote, Inbound: f[0] == "L", Inode: ino})
+			c := Conn{Local: local, Remote: remote, Inbound: f[0] == "L", Inode: ino}
+			if !seen[c] {
+				seen[c] = true
+				t.Conns = append(t.Conns, c)
+			}
 		case "F":
 			if len(f) != 3 {
 				return nil, bad(fmt.Errorf("want 3 fields"))
