@@ -148,6 +148,15 @@ func (s State) NewestAside() (string, string) {
 // probeScript prints the component's systemd unit state, its file (the
 // first that exists, as the manifest read does), files moved aside, and
 // its processes in this session's network namespace.
+//
+// The walk over /proc forks nothing per process: each comm is read with
+// the shell's builtin read (a command substitution would fork a subshell,
+// cat another), and only the few processes whose comm matches are looked
+// at further with external commands. A node runs thousands of processes;
+// a fork or two for each took seconds on a loaded one. The read is in a
+// group so that the error of a process gone meanwhile is silenced in dash
+// and bash alike, and c is reset first because set -u ends the script on
+// an unset variable.
 const probeScript = `set -u
 NAME=%s UNIT=%s BACKUPDIR=%s
 if [ -n "$UNIT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
@@ -172,7 +181,9 @@ done
 me=$(readlink /proc/$$/ns/net)
 short=$(printf %%s "$NAME" | cut -c1-15)
 for s in /proc/[0-9]*/comm; do
-  [ "$(cat "$s" 2>/dev/null)" = "$short" ] || continue
+  c=
+  { IFS= read -r c < "$s"; } 2>/dev/null
+  [ "$c" = "$short" ] || continue
   p=${s%%/comm}; p=${p#/proc/}
   [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$me" ] || continue
   a0=$(tr '\0' '\n' < /proc/$p/cmdline 2>/dev/null | head -n 1)

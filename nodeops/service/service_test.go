@@ -474,6 +474,83 @@ func TestProbeProcesses(t *testing.T) {
 	}
 }
 
+// straceRunner runs every command under strace on the node, recording
+// the processes it creates (fork, vfork, clone) in log.
+type straceRunner struct {
+	inner nodeops.Runner
+	log   string
+}
+
+func (r *straceRunner) Run(ctx context.Context, t nodeops.Target, c nodeops.Command) (nodeops.Output, error) {
+	c.Line = "exec strace -f -qq -e trace=fork,vfork,clone,clone3 -o " + nodeops.ShellQuote(r.log) + " sh -c " + nodeops.ShellQuote(c.Line)
+	return r.inner.Run(ctx, t, c)
+}
+
+// forks counts the process creations strace recorded in log.
+func forks(t *testing.T, log string) int {
+	t.Helper()
+	n := 0
+	for _, l := range strings.Split(string(readFile(t, log)), "\n") {
+		if strings.Contains(l, "clone(") || strings.Contains(l, "clone3(") || strings.Contains(l, "fork(") {
+			n++
+		}
+	}
+	return n
+}
+
+// The probe walks /proc without a fork per process: what it forks does
+// not grow with the processes the node runs (a node runs thousands; a
+// fork for each took seconds on a loaded one). Counted with strace, not
+// timed.
+func TestProbeForksNothingPerProcess(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Skip("no strace: the probe's forks are not counted")
+	}
+	n := newNode(t, sshclient.Options{})
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "manifests", "kubelet.json")
+	content := []byte("{}\n")
+	writeFile(t, p, content, 0o600)
+	c := service.Component{Name: uniqueName(false), Files: []string{p}, BackupDir: filepath.Join(dir, "backup")}
+	log := filepath.Join(dir, "strace.log")
+	r := &straceRunner{inner: n.r, log: log}
+	if _, err := r.Run(ctx, n.t, nodeops.Command{Line: "true"}); err != nil {
+		t.Skipf("strace does not run here (%v): the probe's forks are not counted", err)
+	}
+
+	count := func() int {
+		t.Helper()
+		s, err := service.Probe(ctx, r, n.t, c)
+		if err != nil {
+			t.Fatalf("Probe under strace: %v", err)
+		}
+		if s.Mechanism != service.File || s.Path != p || s.Hash != sum(content) || s.Running() {
+			t.Fatalf("Probe under strace: %+v", s)
+		}
+		return forks(t, log)
+	}
+	before := count()
+	// Processes the probe must look at and pass over: none has the
+	// component's name.
+	const extra = 200
+	for i := 0; i < extra; i++ {
+		startProc(t, sleep, "sleep", "600")
+	}
+	after := count()
+	// A fork per process would add at least extra; the fixed part can
+	// vary by one or two (the shell's own subshells on a busy machine).
+	if after-before >= extra/4 {
+		t.Errorf("the probe forked %d times with %d more processes running, %d before: want no fork per process", after, extra, before)
+	} else {
+		t.Logf("the probe forked %d times, with and without %d more processes", after, extra)
+	}
+}
+
 // Aside moves the file to its backup and Back puts it back, with the
 // bytes and the mode; both refuse to act on a file that is not as
 // planned.

@@ -30,7 +30,7 @@ func init() {
 	RegisterStep(StepType{Name: "kubelet-stop", Summary: "stop kubelets over SSH to take load off the apiserver, after moving the controller-manager aside (no node evicted)",
 		Params: append([]ParamSpec{
 			{Name: "nodes", Type: "list", Required: true, Doc: "the nodes whose kubelet to stop (control-plane nodes refused without force)"},
-			{Name: "fraction", Type: "string", Default: "1", Doc: "stop only this fraction of the selected nodes, the first by name (0 < F <= 1)"},
+			{Name: "fraction", Type: "string", Default: "1", Check: numberIn(0, 1, true, "a number more than 0 and at most 1"), Doc: "stop only this fraction of the selected nodes, the first by name (0 < F <= 1)"},
 			{Name: "force", Type: "bool", Doc: "stop control-plane nodes' kubelets too, and go ahead when the controller-manager cannot be moved aside"},
 		}, serviceParams...),
 		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {
@@ -95,11 +95,11 @@ func init() {
 		}})
 	RegisterStep(StepType{Name: "apiserver-tune", Summary: "edit the API server's static-pod manifest on the control-plane nodes, one node at a time, each rolled back if it does not come back",
 		Params: []ParamSpec{
-			{Name: "maxRequestsInflight", Type: "int", Doc: "the API server's --max-requests-inflight (0: no limit)"},
-			{Name: "maxMutatingRequestsInflight", Type: "int", Doc: "the API server's --max-mutating-requests-inflight (0: no limit)"},
-			{Name: "goawayChance", Type: "string", Doc: "the API server's --goaway-chance (0 to 0.02)"},
-			{Name: "cpu", Type: "string", Doc: "the kube-apiserver container's CPU request (a quantity: 2, 1500m)"},
-			{Name: "memory", Type: "string", Doc: "the kube-apiserver container's memory request (4Gi)"},
+			{Name: "maxRequestsInflight", Type: "int", Check: nonNegative, Doc: "the API server's --max-requests-inflight (0: no limit)"},
+			{Name: "maxMutatingRequestsInflight", Type: "int", Check: nonNegative, Doc: "the API server's --max-mutating-requests-inflight (0: no limit)"},
+			{Name: "goawayChance", Type: "string", Check: numberIn(0, 0.02, false, "a number from 0 to 0.02"), Doc: "the API server's --goaway-chance (0 to 0.02)"},
+			{Name: "cpu", Type: "string", Check: quantity, Doc: "the kube-apiserver container's CPU request (a quantity: 2, 1500m)"},
+			{Name: "memory", Type: "string", Check: quantity, Doc: "the kube-apiserver container's memory request (4Gi)"},
 			{Name: "flags", Type: "list", Doc: "any API server flags, NAME=VALUE without the --"},
 			{Name: "nodes", Type: "list", Doc: "the control-plane nodes (default role=control-plane)"},
 			{Name: "manifest", Type: "string", Doc: "the manifest on the nodes (default: the inventory's apiserver.manifest, else kubeadm's)"},

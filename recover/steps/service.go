@@ -531,7 +531,16 @@ func (k *Service) Apply(ctx context.Context, p *change.Plan, it *change.Item, j 
 // ApplyBatch implements change.BatchKind: phase by phase, the items of a
 // phase at once (up to Concurrency), each journaled before it is acted on
 // and once it was waited for. A phase with a failure ends the change: the
-// later phases are not started.
+// items of the later phases are not started (reported as such, and not
+// journaled: nothing was done to them).
+//
+// A file that changed since the plan (a *service.StaleError: nothing
+// moved) refuses the change, as the manifest kind refuses a stale
+// manifest: when every item started was stale, nothing was changed
+// anywhere, and the error is a *change.RefusedError (exit 4), not a
+// partial change (exit 3). The engine plans again only after a
+// non-batch kind's *change.StaleError; a batch's stale items end as this
+// refusal, and the operator plans again.
 func (k *Service) ApplyBatch(ctx context.Context, p *change.Plan, items []*change.Item, j *journal.Journal, report func(change.Event)) error {
 	phases := map[int][]*change.Item{}
 	for _, it := range items {
@@ -546,7 +555,9 @@ func (k *Service) ApplyBatch(ctx context.Context, p *change.Plan, items []*chang
 		order = append(order, ph)
 	}
 	sort.Ints(order)
-	var failed, done int
+	// failed counts the items that were started and failed (other than
+	// stale); notStarted those of phases after a failure.
+	var failed, notStarted, done int
 	var stopped error
 	var stale []error
 	for _, ph := range order {
@@ -557,7 +568,7 @@ func (k *Service) ApplyBatch(ctx context.Context, p *change.Plan, items []*chang
 			}
 			for _, it := range its {
 				report(change.ItemFailed{Plan: p, Item: it, Err: fmt.Errorf("not started: %s", notStartedPhase(stopped))})
-				failed++
+				notStarted++
 			}
 			continue
 		}
@@ -576,10 +587,11 @@ func (k *Service) ApplyBatch(ctx context.Context, p *change.Plan, items []*chang
 				defer mu.Unlock()
 				done++
 				if err != nil {
-					failed++
 					var se *service.StaleError
 					if errors.As(err, &se) {
 						stale = append(stale, err)
+					} else {
+						failed++
 					}
 					if stopped == nil {
 						stopped = err
@@ -593,16 +605,23 @@ func (k *Service) ApplyBatch(ctx context.Context, p *change.Plan, items []*chang
 		}
 		wg.Wait()
 	}
-	if failed == 0 {
+	bad := failed + notStarted + len(stale)
+	if bad == 0 {
 		return nil
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if len(stale) == failed && len(stale) == len(items) {
-		return &change.RefusedError{Err: fmt.Errorf("%w\nhint: someone changed it meanwhile: look, then plan again", stale[0])}
+	if len(stale) > 0 && bad == len(items) && failed == 0 {
+		// Nothing was applied, nothing failed half-way: only stale files
+		// (nothing moved) and items never started.
+		rest := ""
+		if notStarted > 0 {
+			rest = fmt.Sprintf("; the %d item%s of the later phases %s not started", notStarted, plural(notStarted), map[bool]string{true: "was", false: "were"}[notStarted == 1])
+		}
+		return &change.RefusedError{Err: fmt.Errorf("%w\nnothing was changed%s\nhint: someone changed it meanwhile: look at it, then plan again", errors.Join(stale...), rest)}
 	}
-	return &change.PartialError{What: p.Op, Failed: failed, Total: len(items)}
+	return &change.PartialError{What: p.Op, Failed: bad, Total: len(items)}
 }
 
 func notStartedPhase(cause error) string {
@@ -624,11 +643,15 @@ func firstLine(s string) string {
 func (k *Service) applyOne(ctx context.Context, p *change.Plan, it *change.Item, j *journal.Journal) error {
 	c := it.Payload.(*ServiceChange)
 	start := time.Now()
-	var renewed time.Time
+	var base *leaseBase
 	if c.Action == "start" && c.Component == k.Kubelet.Name && k.Leases != nil {
+		// The lease as it was before the start; a failed read does not
+		// hold the start back (waitFor reads it again).
+		base = &leaseBase{}
 		cctx, cancel := k.call(ctx)
-		renewed, _ = k.Leases.RenewTime(cctx, c.Node)
+		base.renew, base.err = k.Leases.RenewTime(cctx, c.Node)
 		cancel()
+		base.known = base.err == nil
 	}
 	if err := k.journal(j, p, it, c, journal.TypeIntent, journal.StatusPending, nil); err != nil {
 		return fmt.Errorf("journal: %w\nhint: nothing was changed on %s", err, c.Node)
@@ -660,7 +683,7 @@ func (k *Service) applyOne(ctx context.Context, p *change.Plan, it *change.Item,
 		k.journal(j, p, it, c, journal.TypeOutcome, journal.StatusUnknown, err)
 		return err
 	}
-	if err := k.waitFor(ctx, c, renewed); err != nil {
+	if err := k.waitFor(ctx, c, base); err != nil {
 		k.journal(j, p, it, c, journal.TypeOutcome, journal.StatusUnknown, err)
 		return err
 	}
@@ -671,14 +694,44 @@ func (k *Service) applyOne(ctx context.Context, p *change.Plan, it *change.Item,
 	return nil
 }
 
+// leaseBase is the renewTime a started kubelet's lease must pass.
+type leaseBase struct {
+	renew time.Time
+	// known is false until the lease was read once; err is why the last
+	// read failed.
+	known bool
+	err   error
+}
+
+// leaseKey names a node's lease for the operator.
+func leaseKey(node string) string { return "kube-node-lease/" + node }
+
 // waitFor waits until the component no longer runs (stop) or runs
-// (start), and a started kubelet renewed its lease (a renewTime after
-// before).
-func (k *Service) waitFor(ctx context.Context, c *ServiceChange, before time.Time) error {
+// (start), and a started kubelet renewed its lease: a renewTime after
+// base's, both written by the node's clock (the operator's is never
+// compared with it).
+//
+// When the lease could not be read before the start (etcd slow), the
+// start is not held back and the lease is not taken as renewed by
+// whatever renewTime it has: an old lease would pass a zero baseline and
+// declare a kubelet back that never renewed. The read is retried at each
+// poll, and the first renewTime read after the start was issued is the
+// baseline: the kubelet counts as back once the lease is renewed past
+// it. That proves a renewal by the started kubelet, at the cost of at
+// most one renew interval (10s by default) when that first read already
+// saw its first renewal. A lease that cannot be read within Wait fails
+// the item, naming the node and the lease.
+func (k *Service) waitFor(ctx context.Context, c *ServiceChange, base *leaseBase) error {
 	deadline := time.Now().Add(k.wait())
 	comp := k.component(c.Component)
 	last := "nothing seen yet"
 	for {
+		if base != nil && !base.known {
+			cctx, cancel := k.call(ctx)
+			base.renew, base.err = k.Leases.RenewTime(cctx, c.Node)
+			cancel()
+			base.known = base.err == nil
+		}
 		cctx, cancel := k.call(ctx)
 		s, err := service.Probe(cctx, k.Runner, c.Target, comp)
 		cancel()
@@ -691,17 +744,19 @@ func (k *Service) waitFor(ctx context.Context, c *ServiceChange, before time.Tim
 			return nil
 		case !s.Running():
 			last = c.Component + " does not run yet"
-		case c.Component != k.Kubelet.Name || k.Leases == nil:
+		case base == nil:
 			return nil
+		case !base.known:
+			last = fmt.Sprintf("kubelet runs, but its lease %s could not be read, before the start nor since (%v): whether it renews it is not known", leaseKey(c.Node), base.err)
 		default:
 			cctx, cancel := k.call(ctx)
 			rt, err := k.Leases.RenewTime(cctx, c.Node)
 			cancel()
-			if err == nil && rt.After(before) {
+			if err == nil && rt.After(base.renew) {
 				return nil
 			}
 			if err != nil {
-				last = "kubelet runs; its lease: " + err.Error()
+				last = fmt.Sprintf("kubelet runs; its lease %s: %v", leaseKey(c.Node), err)
 			} else {
 				last = fmt.Sprintf("kubelet runs; its lease not renewed yet (renewTime %s)", rt.Format(time.RFC3339))
 			}
@@ -739,9 +794,17 @@ func (k *Service) journal(j *journal.Journal, p *change.Plan, it *change.Item, c
 
 // Undo implements change.Kind. A kubelet stop is undone in the reverse
 // order: the kubelets it stopped started (and waited for), then the
-// controller-manager put back. Components that run already are left
-// alone. A start or a restore is not undone: stopping again is a
-// kubelet stop, with its own checks.
+// controller-manager put back. A start or a restore is not undone:
+// stopping again is a kubelet stop, with its own checks.
+//
+// What is put back is decided by where the file is, not by whether a
+// process runs: a file moved aside is put back even while the
+// component's process still runs (its supervisor has not stopped it
+// yet: kubelet removes a static pod some seconds after its manifest
+// went), else it would stop after the undo. A file in place again is
+// left alone. A stop whose outcome is failed moved nothing (its file had
+// changed) and is passed over. A unit is started unless it is active (or
+// the component runs anyway).
 func (k *Service) Undo(ctx context.Context, records []journal.Record, id string, force bool) ([]*change.Item, error) {
 	recs := journal.Find(records, id)
 	if len(recs) == 0 {
@@ -792,17 +855,18 @@ func (k *Service) Undo(ctx context.Context, records []journal.Record, id string,
 		if err != nil {
 			return nil, err
 		}
-		if s.Running() {
-			continue
+		if outcomeOf(recs, w.c.Node, w.c.Component) == journal.StatusFailed {
+			continue // nothing was moved or stopped
 		}
 		u := *w.c
 		u.Target, u.Action = w.t, "start"
 		// The kubelets (stopped second) start first; the
 		// controller-manager (moved aside first) comes back last.
 		u.Phase = 1 - w.c.Phase
-		if u.Mechanism == service.File {
+		switch u.Mechanism {
+		case service.File:
 			if s.Path != "" {
-				if s.Hash != u.Hash && !force {
+				if s.Hash != u.Hash && !s.Running() && !force {
 					return nil, change.Refusedf("%s: %s is in place again with other bytes than change %s moved aside, and %s does not run\nhint: look at it; pass --force to leave it and go on", w.t.Name, s.Path, id, u.Component)
 				}
 				continue
@@ -811,8 +875,25 @@ func (k *Service) Undo(ctx context.Context, records []journal.Record, id string,
 				return nil, fmt.Errorf("%s: the backup %s is gone and the journal has no copy", w.t.Name, u.Backup)
 			}
 			u.Keep = s.Dir(u.Path)
+		default:
+			if s.Active == "active" || s.Running() {
+				continue
+			}
 		}
 		items = append(items, u.item("absent", id))
 	}
 	return items, nil
+}
+
+// outcomeOf is the status of the last outcome journaled for the
+// component on the node among a change's records ("" for none).
+func outcomeOf(recs []journal.Record, node, comp string) string {
+	status := ""
+	for i := range recs {
+		r := &recs[i]
+		if r.Type == journal.TypeOutcome && r.Details["kind"] == KindService && r.Target.Node == node && r.Details["component"] == comp {
+			status = r.Status
+		}
+	}
+	return status
 }

@@ -97,7 +97,8 @@ type svcProc struct {
 	key        string // "node2/kubelet"
 	node, comp string // comp: "kubelet" or "cm"
 	bin, file  string
-	hold       atomic.Bool // a stuck supervisor: acts on nothing
+	hold       atomic.Bool  // a stuck supervisor: acts on nothing
+	looks      atomic.Int64 // how often it looked at the file (not held)
 	mu         sync.Mutex
 	cmd        *exec.Cmd
 	done       chan struct{}
@@ -125,6 +126,7 @@ func (p *svcProc) loop(ctx context.Context) {
 		case !present && running:
 			p.kill()
 		}
+		p.looks.Add(1)
 	}
 }
 
@@ -996,7 +998,10 @@ func TestServiceKubeletStartThenRestore(t *testing.T) {
 
 // TestServiceKubeletStartWaitsForLease: a kubelet that runs but never
 // renews its lease is not back: the start fails after Wait, and the
-// journal says its outcome is unknown.
+// journal says its outcome is unknown. When the lease read before the
+// start fails, its old renewTime does not pass for a renewal: the read is
+// retried, and the lease must be renewed past what it then says; a lease
+// that cannot be read at all fails the start, naming it.
 func TestServiceKubeletStartWaitsForLease(t *testing.T) {
 	f := newSvcFixture(t, svcOpts{nodes: 2, cms: []string{"node1"}, kubelets: []string{"node2"}, leases: true})
 	ctx := context.Background()
@@ -1042,20 +1047,123 @@ func TestServiceKubeletStartWaitsForLease(t *testing.T) {
 		!strings.HasPrefix(stop2.Unchanged[0].Summary, "node1: "+f.cmName+" already moved aside (") {
 		t.Fatalf("second stop: items %q unchanged %q", summaries(stop2.Items), summaries(stop2.Unchanged))
 	}
+	stopAgain := func() {
+		t.Helper()
+		if _, err := f.engine().Run(ctx, PlanKubeletStop(f.kind, cps, workers, 1, false)); err != nil {
+			t.Fatalf("stop again: %v", err)
+		}
+		f.waitRunning("node2/kubelet", false)
+	}
+	leaseReads := func() int {
+		f.leases.mu.Lock()
+		defer f.leases.mu.Unlock()
+		return f.leases.reads["node2"]
+	}
+	setFail := func(n int) {
+		f.leases.mu.Lock()
+		f.leases.fail = n
+		f.leases.mu.Unlock()
+	}
+
 	// The lease read before the start fails (etcd slow), and the lease is
-	// never renewed: the node should not count as back. (It does: the
-	// failed read leaves the baseline at zero, and the lease's old
-	// renewTime is after it. Logged, not asserted: see the report.)
-	f.leases.mu.Lock()
-	f.leases.fail = 1
-	f.leases.mu.Unlock()
+	// never renewed: the node is not back. The lease's old renewTime is
+	// not taken for a renewal: the read is retried after the start, and
+	// the lease must pass what it then says.
+	setFail(1)
+	f.resetLog()
+	n0 := leaseReads()
 	start2, err := f.engine().Run(ctx, PlanKubeletStart(f.kind, workers, f.records()))
-	t.Logf("start with the baseline lease read failing, lease never renewed: err %v; journal %q", err, f.journalLines(start2.ID))
+	if !errors.As(err, &partial) || partial.Failed != 1 || partial.Total != 1 {
+		t.Fatalf("start with the first lease read failing, lease never renewed: err %v, want 1 of 1 failed; log %q", err, f.logged())
+	}
+	if !slices.ContainsFunc(f.logged(), func(l string) bool {
+		return strings.HasPrefix(l, "error node2: node2: "+f.klName+" did not start within 1s: kubelet runs; its lease not renewed yet")
+	}) {
+		t.Errorf("log %q, want the lease not renewed", f.logged())
+	}
+	if got := f.journalLines(start2.ID); !slices.Equal(got, []string{"intent node2 pending start kubelet", "outcome node2 unknown start kubelet"}) {
+		t.Errorf("journal %q", got)
+	}
+	if got := leaseReads() - n0; got < 3 {
+		t.Errorf("the lease was read %d times: want the failed read, the retried baseline, then the wait", got)
+	}
+
+	// The lease cannot be read at all: the start fails, naming the node
+	// and its lease.
+	stopAgain()
+	setFail(1 << 30)
+	f.resetLog()
+	start3, err := f.engine().Run(ctx, PlanKubeletStart(f.kind, workers, f.records()))
+	setFail(0)
+	if !errors.As(err, &partial) || partial.Failed != 1 || partial.Total != 1 {
+		t.Fatalf("start with the lease never read: err %v, want 1 of 1 failed", err)
+	}
+	if !slices.ContainsFunc(f.logged(), func(l string) bool {
+		return strings.HasPrefix(l, "error node2: node2: "+f.klName+" did not start within 1s: kubelet runs, but its lease kube-node-lease/node2 could not be read") &&
+			strings.Contains(l, "etcd: context deadline exceeded")
+	}) {
+		t.Errorf("log %q, want the lease named as not read", f.logged())
+	}
+	if got := f.journalLines(start3.ID); !slices.Equal(got, []string{"intent node2 pending start kubelet", "outcome node2 unknown start kubelet"}) {
+		t.Errorf("journal %q", got)
+	}
+	if !f.procs["node2/kubelet"].running() {
+		t.Error("the kubelet was not started while its lease could not be read")
+	}
+
+	// The first read fails, and the started kubelet then renews its lease
+	// (here once the read was retried and the kubelet runs): the node is
+	// back, only after that renewal.
+	stopAgain()
+	setFail(1)
+	f.kind.Wait = time.Minute // a bound only: the renewal below ends the wait
+	f.resetLog()
+	n0 = leaseReads()
+	type result struct {
+		p   *change.Plan
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		p, err := f.engine().Run(ctx, PlanKubeletStart(f.kind, workers, f.records()))
+		res <- result{p, err}
+	}()
+	var got result
+	deadline := time.Now().Add(10 * time.Second)
+wait:
+	for {
+		select {
+		case got = <-res:
+			break wait
+		default:
+		}
+		if leaseReads()-n0 >= 3 && f.procs["node2/kubelet"].running() {
+			f.leases.mu.Lock()
+			f.leases.renew["node2"] = time.Now()
+			f.leases.mu.Unlock()
+			f.logf("lease node2")
+			got = <-res
+			break wait
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the start did not read the lease again: %d reads; log %q", leaseReads()-n0, f.logged())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got.err != nil {
+		t.Fatalf("start with the first lease read failing, then renewed: %v; log %q", got.err, f.logged())
+	}
+	f.before("started node2 start kubelet", "start node2/kubelet", "lease node2", "applied node2 start kubelet")
+	if g := f.journalLines(got.p.ID); !slices.Equal(g, []string{"intent node2 pending start kubelet", "outcome node2 applied start kubelet"}) {
+		t.Errorf("journal %q", g)
+	}
 }
 
 // TestServiceKubeletStopPhaseFailure: the controller-manager does not
 // stop (its supervisor is stuck): its item fails after Wait, the kubelets
-// are not stopped at all, and the journal has nothing of them.
+// are not stopped at all, and the journal has nothing of them. Its undo,
+// while the controller-manager still runs with its file aside, puts the
+// file back.
 func TestServiceKubeletStopPhaseFailure(t *testing.T) {
 	f := newSvcFixture(t, svcOpts{nodes: 2, cms: []string{"node1"}, kubelets: []string{"node2"}})
 	ctx := context.Background()
@@ -1088,15 +1196,45 @@ func TestServiceKubeletStopPhaseFailure(t *testing.T) {
 	}
 
 	// Undo now, while the controller-manager still runs (its supervisor
-	// has not acted yet) though its file is aside. The file should be put
-	// back; Undo only looks at the process. Logged, not asserted: see the
-	// report.
+	// has not acted yet) though its file is aside: the file is put back,
+	// so that the controller-manager keeps running once its supervisor
+	// acts (undo goes by where the file is, not by the process).
+	if !f.procs["node1/cm"].running() {
+		t.Fatal("the controller-manager's supervisor acted while held")
+	}
 	up, err := f.engine().Undo(ctx, f.records(), p.ID, false)
-	t.Logf("undo while the controller-manager runs with its file aside: err %v, items %q", err, summaries(up.Items))
-	f.procs["node1/cm"].hold.Store(false)
-	f.waitRunning("node1/cm", false)
-	_, statErr := os.Stat(f.path("node1", svcCMRel))
-	t.Logf("then its supervisor acts: the controller-manager stopped, its file in place: %v", statErr == nil)
+	if err != nil {
+		t.Fatalf("undo while the controller-manager runs with its file aside: %v; log %q", err, f.logged())
+	}
+	if len(up.Items) != 1 || up.Items[0].Target.Node != "node1" || payload(t, up.Items[0]).Action != "start" || payload(t, up.Items[0]).Component != f.cmName {
+		t.Fatalf("undo while the controller-manager runs with its file aside: items %q, want node1's controller-manager put back", summaries(up.Items))
+	}
+	f.file(f.path("node1", svcCMRel), f.cmOrig, 0o600)
+	if got := f.dir(filepath.Join(f.root["node1"], "manifests")); !slices.Equal(got, []string{"etcd.yaml", "kube-controller-manager.yaml"}) {
+		t.Errorf("node1's manifests directory holds %q after undo", got)
+	}
+	if got := f.journalLines(up.ID); !slices.Equal(got, []string{"intent node1 pending start cm", "outcome node1 applied start cm"}) {
+		t.Errorf("undo's journal %q", got)
+	}
+	// Its supervisor acts again, and finds the file in place: the
+	// controller-manager runs on.
+	sup := f.procs["node1/cm"]
+	looked := sup.looks.Load()
+	sup.hold.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for sup.looks.Load() < looked+2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor did not look at the file again")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := f.probe("node1", f.kind.ControllerManager); !sup.running() || !s.Running() || s.Mechanism != service.File {
+		t.Errorf("after its supervisor acted: running %v, probe %+v", sup.running(), s)
+	}
+	// The kubelet, never stopped, is not touched by the undo.
+	if !f.procs["node2/kubelet"].running() || slices.ContainsFunc(summaries(up.Items), func(s string) bool { return strings.HasPrefix(s, "node2") }) {
+		t.Error("the undo touched the kubelet its change never stopped")
+	}
 
 	// An item of another kind's payload is refused, not acted on.
 	bad := &change.Item{Kind: KindService, Target: journal.Target{Node: "node2"}, Payload: "not a service change"}
@@ -1111,7 +1249,9 @@ func TestServiceKubeletStopPhaseFailure(t *testing.T) {
 
 // TestServiceKubeletStopStale: the controller-manager's file changes
 // after the plan was confirmed: nothing is moved aside, no backup is
-// made, and the kubelets are left alone.
+// made, the kubelets are not started, and the change is refused (exit
+// 4). A kubelet's file that changes once the controller-manager was
+// moved aside is a partial change (exit 3).
 func TestServiceKubeletStopStale(t *testing.T) {
 	f := newSvcFixture(t, svcOpts{nodes: 2, cms: []string{"node1"}, kubelets: []string{"node2"}})
 	ctx := context.Background()
@@ -1124,12 +1264,30 @@ func TestServiceKubeletStopStale(t *testing.T) {
 	if err == nil {
 		t.Fatal("a stale plan was applied")
 	}
+	// Nothing was changed anywhere: a refusal (exit 4), not a partial
+	// change (exit 3).
 	var se *service.StaleError
-	t.Logf("stale stop: %T: %v (wraps a *service.StaleError: %v)", err, err, errors.As(err, &se))
-	if !slices.ContainsFunc(f.logged(), func(l string) bool {
+	var partial *change.PartialError
+	var coded interface{ ExitCode() int }
+	if !refused(err) || errors.As(err, &partial) || !errors.As(err, &se) || !errors.As(err, &coded) || coded.ExitCode() != 4 {
+		t.Errorf("stale stop: %T: %v, want a refusal (exit 4) wrapping the *service.StaleError", err, err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "nothing was changed; the 1 item of the later phases was not started") || !strings.Contains(msg, "\nhint: ") {
+		t.Errorf("stale stop: %q, want nothing changed, 1 item not started, and a hint", msg)
+	}
+	if se != nil && (se.Node != "node1" || se.Path != f.canonical(svcCMRel) || se.Expected != manifest.Hash(f.cmOrig) || se.Found != manifest.Hash(edited)) {
+		t.Errorf("stale: %+v", se)
+	}
+	logs := f.logged()
+	if !slices.ContainsFunc(logs, func(l string) bool {
 		return strings.HasPrefix(l, "error node1: node1: "+f.canonical(svcCMRel)+" changed since it was planned")
+	}) || !slices.ContainsFunc(logs, func(l string) bool {
+		return strings.HasPrefix(l, "error node2: not started: an earlier step failed (node1: "+f.canonical(svcCMRel)+" changed since it was planned")
 	}) {
-		t.Errorf("log %q", f.logged())
+		t.Errorf("log %q, want node1 stale and node2 not started", logs)
+	}
+	if slices.Contains(logs, "started node2 stop kubelet") {
+		t.Error("the kubelet's stop was started after the controller-manager's file was found changed")
 	}
 	f.file(f.path("node1", svcCMRel), edited, 0o600)
 	f.file(f.path("node2", svcKLRel), f.klOrig, 0o644)
@@ -1141,6 +1299,25 @@ func TestServiceKubeletStopStale(t *testing.T) {
 		}
 	}
 	if got := f.journalLines(p.ID); !slices.Equal(got, []string{"intent node1 pending stop cm", "outcome node1 failed stop cm"}) {
+		t.Errorf("journal %q", got)
+	}
+	// Its undo has nothing to put back: the file was never moved.
+	if up, err := f.kind.Undo(ctx, f.records(), p.ID, false); err != nil || len(up) != 0 {
+		t.Errorf("undo of the refused stop: %v, items %q", err, summaries(up))
+	}
+
+	// The kubelet's file changes instead, once the controller-manager was
+	// moved aside: that was a change, and it is a partial one (exit 3).
+	f.resetLog()
+	e.Confirm = func(context.Context, *change.Plan) error {
+		return os.WriteFile(f.path("node2", svcKLRel), []byte(`{"command": ["kubelet", "--v=9"]}`+"\n"), 0o644)
+	}
+	p, err = e.Run(ctx, PlanKubeletStop(f.kind, []nodeops.Target{f.node["node1"]}, []nodeops.Target{f.node["node2"]}, 1, false))
+	if !errors.As(err, &partial) || refused(err) || partial.Failed != 1 || partial.Total != 2 {
+		t.Fatalf("stale kubelet after the controller-manager was moved: err %v, want 1 of 2 failed", err)
+	}
+	f.absent(f.path("node1", svcCMRel))
+	if got := f.journalLines(p.ID); !slices.Equal(got, []string{"intent node1 pending stop cm", "outcome node1 applied stop cm", "intent node2 pending stop kubelet", "outcome node2 failed stop kubelet"}) {
 		t.Errorf("journal %q", got)
 	}
 }
