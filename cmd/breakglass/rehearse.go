@@ -60,8 +60,9 @@ var rehearsals = map[string]rehearsal{
 			return incidentFacts{}, printOverload(d, res)
 		},
 		params: func(st *lab.State, _ incidentFacts) map[string]string {
+			// No daemonset: the runbook's diagnose step names the
+			// offender, as it must for someone who did not deploy it.
 			return map[string]string{
-				"daemonset": lab.TelemetryNamespace + "/" + lab.TelemetryDaemonSet,
 				// The health checks ask as the ordinary user the incident
 				// locks out, not as the exempt admin.
 				"kubeconfig": st.OncallKubeconfig,

@@ -63,7 +63,7 @@ func TestRunbookListAndShow(t *testing.T) {
 		t.Errorf("list: exit %d\n%s", code, out)
 	}
 	code, out, _ = run(t, testDeps(), "runbook", "show", "apiserver-overload")
-	if code != 0 || !strings.Contains(out, "shed-network") || !strings.Contains(out, "(required)") {
+	if code != 0 || !strings.Contains(out, "shed-network") || !strings.Contains(out, "default the one diagnose names") {
 		t.Errorf("show: exit %d\n%s", code, out)
 	}
 	if code, _, _ := run(t, testDeps(), "runbook", "show", "no-such"); code != 2 {

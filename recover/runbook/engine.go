@@ -330,7 +330,11 @@ func (e *Engine) step(ctx context.Context, run *Run, i int) (err error) {
 			specs = append(append([]ParamSpec(nil), specs...), c.Params...)
 		}
 	}
-	act, err := t.Prepare(ctx, s, newArgs(st.Type+" "+st.ID, vals, specs))
+	args := newArgs(st.Type+" "+st.ID, vals, specs)
+	if err := args.check(); err != nil {
+		return err
+	}
+	act, err := t.Prepare(ctx, s, args)
 	if err != nil {
 		return err
 	}
@@ -438,7 +442,11 @@ func (e *Engine) verify(ctx context.Context, run *Run, st *Step, sc *scope) erro
 	if !ok {
 		return fmt.Errorf("verify: unknown check %q", st.Verify.Check)
 	}
-	f, err := c.Build(ctx, e.Session, newArgs("verify "+c.Name, vals, c.Params))
+	args := newArgs("verify "+c.Name, vals, c.Params)
+	if err := args.check(); err != nil {
+		return err
+	}
+	f, err := c.Build(ctx, e.Session, args)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}

@@ -306,7 +306,7 @@ func (l *loader) params(vals map[string]string, lines map[string]int, specs []Pa
 			continue
 		}
 		if !strings.Contains(v, "{{") {
-			if err := checkValue(specs[i].Type, v); err != nil {
+			if err := checkParam(specs[i], v); err != nil {
 				l.errorf(at, where+"."+name, "%v", err)
 			}
 		}

@@ -172,3 +172,28 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// Literal parameter values are checked for what they must be, not only
+// their type, when the runbook is loaded: each refusal names the file,
+// line and field, and says what is wanted.
+func TestLoadChecksParamValues(t *testing.T) {
+	for _, tc := range []struct{ step, want string }{
+		{"type: scale\n    params: {object: web, replicas: \"1\"}", `steps[0].params.object: "web": want NAMESPACE/NAME`},
+		{"type: scale\n    params: {object: shop/web, replicas: \"-2\"}", "steps[0].params.replicas: -2: must not be negative"},
+		{"type: stop-pods\n    params: {selector: \"app in (a\"}", `steps[0].params.selector: "app in (a": not a label selector`},
+		{"type: stop-pods\n    params: {daemonset: telemetry, via: ssh}", `steps[0].params.daemonset: "telemetry": want NAMESPACE/NAME`},
+		{"type: shed-network\n    params: {ttl: 5m, mode: block}", `steps[0].params.mode: "block": want drop, reject or limit`},
+		{"type: shed-network\n    params: {ttl: 5m, firewall: pf}", `steps[0].params.firewall: "pf": want auto, nft or iptables`},
+		{"type: priorityclass-neutralise\n    params: {priorityClass: default/high}", `steps[0].params.priorityClass: "default/high": want a name without a namespace`},
+		{"type: verify\n    params: {check: shed, state: on}", `steps[0].params.state: "on": want active or none`},
+	} {
+		_, err := Load("bad.yaml", []byte("name: x\nsteps:\n  - id: a\n    "+tc.step+"\n"))
+		if err == nil || !strings.Contains(err.Error(), "bad.yaml:5: "+tc.want) {
+			t.Errorf("%s:\n%v\nwant bad.yaml:5: %s", tc.step, err, tc.want)
+		}
+	}
+	// The same parameters with good values load.
+	if _, err := Load("good.yaml", []byte("name: x\nsteps:\n  - id: a\n    type: stop-pods\n    params: {selector: \"app in (a,b)\", daemonset: t/agent, via: sudo}\n  - id: b\n    type: shed-network\n    params: {ttl: 5m, mode: limit, rate: \"5\", firewall: nft}\n")); err != nil {
+		t.Errorf("good values: %v", err)
+	}
+}

@@ -19,6 +19,10 @@ type ParamSpec struct {
 	Required bool
 	Default  string
 	Doc      string
+	// Check, when set, checks a value of the right type further (an
+	// enumeration, NAMESPACE/NAME, a range): on literal values when the
+	// runbook is loaded, on rendered ones before the step is prepared.
+	Check func(v string) error
 }
 
 // StepType is one kind of step a runbook can use: a lever (shed-network,

@@ -61,7 +61,7 @@ func init() {
 			{Name: "kubeconfig", Type: "string", Doc: "the client's kubeconfig (an ordinary user's, not system:masters); default: $KUBECONFIG or ~/.kube/config, else anonymous to the inventory's apiserver.url"},
 			{Name: "path", Type: "string", Default: "/readyz", Doc: "what is asked (/api/v1/pods?limit=500 for an ordinary LIST)"},
 			{Name: "within", Type: "duration", Default: "1s", Doc: "the latency each answer must come within"},
-			{Name: "requests", Type: "int", Default: "5", Doc: "how many requests, one after the other, must all be answered 2xx in time"},
+			{Name: "requests", Type: "int", Default: "5", Check: numberIn(1, 1e6, false, "at least 1 request"), Doc: "how many requests, one after the other, must all be answered 2xx in time"},
 		},
 		Build: buildAPIServerCheck})
 	RegisterCheck(CheckType{Name: "workload-stopped", Summary: "no selected pod runs a container of its own image on the nodes (containerd); a held pod running the pause image counts as stopped",
@@ -71,7 +71,7 @@ func init() {
 		Build:  buildPodsCheck(false)})
 	RegisterCheck(CheckType{Name: "shed", Summary: "breakglass's nft table on the nodes is in the wanted state",
 		Params: []ParamSpec{
-			{Name: "state", Type: "string", Required: true, Doc: "active (the rules match) or none (no table, or a lapsed one)"},
+			{Name: "state", Type: "string", Required: true, Check: oneOf("active", "none"), Doc: "active (the rules match) or none (no table, or a lapsed one)"},
 			nodesParam,
 		},
 		Build: buildShedCheck})
@@ -336,4 +336,48 @@ func buildShedCheck(ctx context.Context, s *Session, a Args) (CheckFunc, error) 
 		}
 		return true, fmt.Sprintf("%s on %d node(s)", want, len(targets)), nil
 	}, nil
+}
+
+// APIServerProbe is the apiserver check's own request, made once, for a
+// caller that watches the apiserver's health on its own (the TUI's poll):
+// a GET of path (the check's default, /readyz, when empty) through the
+// client the check builds for kubeconfig (when empty: $KUBECONFIG or
+// ~/.kube/config, else anonymous to the inventory's apiserver.url), which
+// holds when it is answered 2xx within timeout. It fails as the check
+// does when there is no apiserver to ask.
+func APIServerProbe(ctx context.Context, s *Session, kubeconfig, path string, timeout time.Duration) (CheckFunc, error) {
+	c, ok := LookupCheck("apiserver")
+	if !ok {
+		return nil, fmt.Errorf("the apiserver check is not registered")
+	}
+	vals := map[string]string{"kubeconfig": kubeconfig, "requests": "1", "within": timeout.String()}
+	if path != "" {
+		vals["path"] = path
+	}
+	return c.Build(ctx, s, newArgs("check apiserver", vals, c.Params))
+}
+
+// APIServerKubeconfig is the kubeconfig the runbook's apiserver checks
+// name (a verify or wait-until step's, or a step's verify), rendered
+// against params (the run's resolved parameters): the first that names
+// one and renders from the parameters alone (not from an earlier step's
+// result, unknown before the run). "" when none does.
+func (r *Runbook) APIServerKubeconfig(params map[string]string) string {
+	sc := &scope{Params: params, Steps: map[string]map[string]string{}}
+	var named []string
+	for i := range r.Steps {
+		st := &r.Steps[i]
+		if t, ok := LookupStep(st.Type); ok && t.CheckParams && st.Params["check"] == "apiserver" {
+			named = append(named, st.Params["kubeconfig"])
+		}
+		if st.Verify != nil && st.Verify.Check == "apiserver" {
+			named = append(named, st.Verify.Params["kubeconfig"])
+		}
+	}
+	for _, kc := range named {
+		if v, err := sc.render("kubeconfig", kc); err == nil && strings.TrimSpace(v) != "" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }

@@ -24,8 +24,9 @@ func init() {
 			{Name: "since", Type: "duration", Default: "6h", Doc: "how recent a workload counts as new"},
 			{Name: "nodes", Type: "list", Doc: "nodes to read (default: every node)"},
 			{Name: "nodeTimeout", Type: "duration", Default: "8s", Doc: "how long each node may take"},
-			{Name: "via", Type: "string", Doc: "how to reach containerd: auto, forward or sudo"},
+			{Name: "via", Type: "string", Check: oneOf("auto", "forward", "sudo"), Doc: "how to reach containerd: auto, forward or sudo"},
 			{Name: "require", Type: "bool", Doc: "fail the step when no suspect is above threshold"},
+			{Name: "requireKind", Type: "string", Check: oneOf("daemonset", "deployment", "statefulset", "priorityclass"), Doc: "fail the step unless a suspect above threshold is of this kind (daemonset, deployment, statefulset or priorityclass; empty: no such need): its result names the best of them"},
 		},
 		Prepare: prepareDiagnose})
 }
@@ -42,6 +43,12 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 	require, err := a.Bool("require")
 	if err != nil {
 		return nil, err
+	}
+	needKind := strings.ToLower(a.String("requireKind"))
+	switch needKind {
+	case "", "daemonset", "deployment", "statefulset", "priorityclass":
+	default:
+		return nil, fmt.Errorf("requireKind %q: want daemonset, deployment, statefulset or priorityclass", a.String("requireKind"))
 	}
 	return &Action{Do: func(ctx context.Context, _ bool) (map[string]string, error) {
 		store, err := s.Store(ctx)
@@ -89,6 +96,9 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 		s.Note("diagnose read %d etcd ranges and %d nodes (%d failed)", rep.Reads.Ranges, rep.SSH.Nodes, rep.SSH.Failed)
 		res := suspectResult(rep.Suspect)
 		addPreemption(res, rep.Suspects)
+		if needKind != "" && !addKind(res, rep.Suspects, needKind) {
+			return res, fmt.Errorf("diagnose: no %s among the suspects above threshold (%s): name it in the step's parameters", needKind, topSuspect(rep.Suspect))
+		}
 		if rep.Suspect == nil {
 			if require {
 				return res, fmt.Errorf("diagnose: no suspect above threshold")
@@ -118,6 +128,30 @@ func addPreemption(res map[string]string, suspects []diagnose.Suspect) {
 			res["preemptor"] = sp.Ref()
 		}
 	}
+}
+
+// addKind makes sure res[kind] names a suspect above threshold of that
+// kind: the top suspect's own when it is one, otherwise the best of them.
+// It says whether there is one.
+func addKind(res map[string]string, suspects []diagnose.Suspect, kind string) bool {
+	if res[kind] != "" {
+		return true
+	}
+	for _, sp := range suspects {
+		if sp.AboveThreshold && strings.EqualFold(sp.Kind, kind) {
+			res[kind] = sp.Ref()
+			return true
+		}
+	}
+	return false
+}
+
+// topSuspect says what the top suspect is, for an error.
+func topSuspect(sp *diagnose.Suspect) string {
+	if sp == nil {
+		return "there is no suspect"
+	}
+	return "the top one is " + sp.Kind + " " + sp.Ref()
 }
 
 // suspectResult is the step's results for a suspect (every key, empty

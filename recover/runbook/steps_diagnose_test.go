@@ -73,3 +73,52 @@ func TestAddPreemption(t *testing.T) {
 		t.Errorf("below threshold or a bare pod: %v", res)
 	}
 }
+
+// requireKind fails the step unless a suspect above threshold is of that
+// kind, and its result then names the best of them even when the top
+// suspect is of another kind.
+func TestDiagnoseRequireKind(t *testing.T) {
+	e := newTestEnv(t)
+	rb := load(t, `name: need-a-daemonset
+steps:
+  - id: find
+    type: diagnose
+    params: {requireKind: daemonset}
+  - id: after
+    type: note
+    params: {message: "not reached"}
+`)
+	_, err := e.engine(false).Start(context.Background(), rb, nil)
+	if err == nil || !strings.Contains(err.Error(), "no daemonset among the suspects above threshold (there is no suspect)") {
+		t.Fatalf("run: %v, want the missing DaemonSet named", err)
+	}
+	if got := e.finished(); len(got) != 1 || got[0].Status != "failed" {
+		t.Errorf("steps finished: %+v, want only find, failed", got)
+	}
+
+	// A kind that is none of them: refused when loaded, with the line,
+	// and when rendered from a parameter, before anything is read.
+	if _, err := Load("test.yaml", []byte("name: bad\nsteps:\n  - id: find\n    type: diagnose\n    params: {requireKind: pod}\n")); err == nil ||
+		!strings.Contains(err.Error(), `test.yaml:5: steps[0].params.requireKind: "pod": want daemonset, deployment, statefulset or priorityclass`) {
+		t.Errorf("bad kind, loaded: %v", err)
+	}
+	e = newTestEnv(t)
+	_, err = e.engine(false).Start(context.Background(), load(t, "name: bad\nparameters:\n  k: {type: string}\nsteps:\n  - id: find\n    type: diagnose\n    params: {requireKind: \"{{ .params.k }}\"}\n"), map[string]string{"k": "pod"})
+	if err == nil || !strings.Contains(err.Error(), `requireKind: "pod": want daemonset, deployment, statefulset or priorityclass`) {
+		t.Errorf("bad kind, rendered: %v", err)
+	}
+
+	res := suspectResult(&diagnose.Suspect{Kind: "Deployment", Namespace: "a", Name: "web", AboveThreshold: true})
+	sus := []diagnose.Suspect{
+		{Kind: "Deployment", Namespace: "a", Name: "web", AboveThreshold: true},
+		{Kind: "DaemonSet", Namespace: "t", Name: "below", AboveThreshold: false},
+		{Kind: "DaemonSet", Namespace: "t", Name: "agent", AboveThreshold: true},
+		{Kind: "DaemonSet", Namespace: "t", Name: "other", AboveThreshold: true},
+	}
+	if !addKind(res, sus, "daemonset") || res["daemonset"] != "t/agent" || res["ref"] != "a/web" {
+		t.Errorf("addKind: %v", res)
+	}
+	if addKind(suspectResult(nil), sus[:2], "daemonset") {
+		t.Error("a DaemonSet below threshold was taken")
+	}
+}

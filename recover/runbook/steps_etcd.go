@@ -16,11 +16,11 @@ import (
 func init() {
 	RegisterStep(StepType{Name: "shed-flowschema", Summary: "shed one identity through the apiserver's own flow control (a FlowSchema and priority level written in etcd)",
 		Params: []ParamSpec{
-			{Name: "serviceAccount", Type: "string", Doc: "the service account (NAMESPACE/NAME, or NAMESPACE/*)"},
+			{Name: "serviceAccount", Type: "string", Check: namespacedName, Doc: "the service account (NAMESPACE/NAME, or NAMESPACE/*)"},
 			{Name: "user", Type: "string", Doc: "the user"},
 			{Name: "group", Type: "string", Doc: "the group"},
 			{Name: "reject", Type: "bool", Doc: "answer its requests 429 (at most one runs at a time)"},
-			{Name: "shares", Type: "int", Doc: "concurrency shares instead of reject"},
+			{Name: "shares", Type: "int", Check: nonNegative, Doc: "concurrency shares instead of reject"},
 			{Name: "ttl", Type: "duration", Required: true, Doc: "how long the shed is meant to hold (kept on the objects)"},
 			{Name: "force", Type: "bool", Doc: "shed a control-plane identity too (never system:masters)"},
 		},
@@ -36,7 +36,7 @@ func init() {
 		}})
 	RegisterStep(StepType{Name: "daemonset-pause", Summary: "pause a DaemonSet in etcd (its pod template gets a node selector no node matches)",
 		Params: []ParamSpec{
-			{Name: "daemonset", Type: "string", Required: true, Doc: "the DaemonSet, NAMESPACE/NAME"},
+			{Name: "daemonset", Type: "string", Required: true, Check: namespacedName, Doc: "the DaemonSet, NAMESPACE/NAME"},
 			{Name: "force", Type: "bool", Doc: "pause a control-plane DaemonSet in kube-system too"},
 		},
 		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {
@@ -51,7 +51,7 @@ func init() {
 			return &Action{Kinds: []change.Kind{k}, Planner: steps.PauseDaemonSet(k, obj, force)}, nil
 		}})
 	RegisterStep(StepType{Name: "daemonset-resume", Summary: "resume a paused DaemonSet in etcd",
-		Params: []ParamSpec{{Name: "daemonset", Type: "string", Required: true, Doc: "the DaemonSet, NAMESPACE/NAME"}},
+		Params: []ParamSpec{{Name: "daemonset", Type: "string", Required: true, Check: namespacedName, Doc: "the DaemonSet, NAMESPACE/NAME"}},
 		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {
 			k, obj, err := etcdObject(ctx, s, "daemonsets", a.String("daemonset"), "daemonset")
 			if err != nil {
@@ -64,7 +64,7 @@ func init() {
 		}})
 	RegisterStep(StepType{Name: "priorityclass-neutralise", Summary: "set globalDefault false and preemptionPolicy Never on a PriorityClass in etcd (the preemption cascade)",
 		Params: []ParamSpec{
-			{Name: "priorityClass", Type: "string", Required: true, Doc: "the PriorityClass's name ({{ .steps.ID.priorityclass }} of a diagnose step)"},
+			{Name: "priorityClass", Type: "string", Required: true, Check: clusterName, Doc: "the PriorityClass's name ({{ .steps.ID.priorityclass }} of a diagnose step)"},
 			{Name: "force", Type: "bool", Doc: "neutralise a system-* class too"},
 		},
 		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {
@@ -85,8 +85,8 @@ func init() {
 	RegisterStep(StepType{Name: "scale", Summary: "set spec.replicas of a Deployment, StatefulSet or ReplicaSet in etcd",
 		Params: []ParamSpec{
 			{Name: "resource", Type: "string", Default: "deployments", Doc: "deployments, statefulsets or replicasets"},
-			{Name: "object", Type: "string", Required: true, Doc: "the workload, NAMESPACE/NAME"},
-			{Name: "replicas", Type: "int", Required: true, Doc: "the new number of replicas"},
+			{Name: "object", Type: "string", Required: true, Check: namespacedName, Doc: "the workload, NAMESPACE/NAME"},
+			{Name: "replicas", Type: "int", Required: true, Check: nonNegative, Doc: "the new number of replicas"},
 			{Name: "force", Type: "bool", Doc: "scale a control-plane workload in kube-system too"},
 		},
 		Prepare: func(ctx context.Context, s *Session, a Args) (*Action, error) {

@@ -18,7 +18,7 @@ import (
 
 var nodesParam = ParamSpec{Name: "nodes", Type: "list", Doc: "nodes to act on: names, globs, role=ROLE, label=SELECTOR"}
 
-var firewallParam = ParamSpec{Name: "firewall", Type: "string", Default: "auto", Doc: "how the shed is written: auto (nft, or iptables where a node has no nft), nft or iptables"}
+var firewallParam = ParamSpec{Name: "firewall", Type: "string", Default: "auto", Check: steps.ValidateFirewall, Doc: "how the shed is written: auto (nft, or iptables where a node has no nft), nft or iptables"}
 
 // nftKind is the shed kind for targets, written with the firewall a's
 // firewall parameter names.
@@ -33,29 +33,29 @@ func nftKind(s *Session, a Args, targets []nodeops.Target) (*steps.Nft, error) {
 
 var podSelectParams = []ParamSpec{
 	{Name: "namespace", Type: "string", Doc: "pods of this namespace only"},
-	{Name: "selector", Type: "string", Doc: "label selector, as kubectl -l takes it"},
+	{Name: "selector", Type: "string", Check: labelSelector, Doc: "label selector, as kubectl -l takes it"},
 	{Name: "image", Type: "string", Doc: "pods with a container whose image matches this shell pattern"},
 	{Name: "name", Type: "string", Doc: "pod name glob"},
-	{Name: "daemonset", Type: "string", Doc: "the pods of this DaemonSet (NAMESPACE/NAME, from etcd)"},
-	{Name: "deployment", Type: "string", Doc: "the pods of this Deployment (NAMESPACE/NAME, from etcd)"},
+	{Name: "daemonset", Type: "string", Check: namespacedName, Doc: "the pods of this DaemonSet (NAMESPACE/NAME, from etcd)"},
+	{Name: "deployment", Type: "string", Check: namespacedName, Doc: "the pods of this Deployment (NAMESPACE/NAME, from etcd)"},
 	nodesParam,
-	{Name: "via", Type: "string", Doc: "how to reach containerd: auto, forward or sudo (default: the inventory's)"},
+	{Name: "via", Type: "string", Check: oneOf("auto", "forward", "sudo"), Doc: "how to reach containerd: auto, forward or sudo (default: the inventory's)"},
 }
 
 var stopParams = []ParamSpec{
 	{Name: "grace", Type: "duration", Default: "10s", Doc: "how long each container gets between SIGTERM and SIGKILL"},
 	{Name: "force", Type: "list", Doc: "protected pods to stop too (NAMESPACE/NAME globs)"},
-	{Name: "maxPods", Type: "int", Default: "100", Doc: "refuse more pods than this unless a person confirms (0: no bound)"},
+	{Name: "maxPods", Type: "int", Default: "100", Check: nonNegative, Doc: "refuse more pods than this unless a person confirms (0: no bound)"},
 }
 
 func init() {
 	RegisterStep(StepType{Name: "shed-network", Summary: "shed the apiserver port on the control-plane nodes with breakglass's nft table (rules that expire by themselves)",
 		Params: []ParamSpec{
 			{Name: "ttl", Type: "duration", Required: true, Doc: "how long the rules hold on the node (1m to 24h)"},
-			{Name: "mode", Type: "string", Default: "drop", Doc: "drop, reject or limit"},
-			{Name: "rate", Type: "int", Doc: "with mode limit: new connections per second let through"},
+			{Name: "mode", Type: "string", Default: "drop", Check: oneOf("drop", "reject", "limit"), Doc: "drop, reject or limit"},
+			{Name: "rate", Type: "int", Check: nonNegative, Doc: "with mode limit: new connections per second let through"},
 			{Name: "allow", Type: "list", Doc: "sources let through (CIDRs or addresses), besides the defaults"},
-			{Name: "port", Type: "int", Doc: "the apiserver port (default: the inventory's)"},
+			{Name: "port", Type: "int", Check: numberIn(1, 65535, false, "a port, 1 to 65535"), Doc: "the apiserver port (default: the inventory's)"},
 			{Name: "noDefaultAllow", Type: "list", Doc: "defaults to leave out: operator, control-plane, etcd, loopback"},
 			nodesParam, firewallParam,
 		},
@@ -83,10 +83,10 @@ func init() {
 	RegisterStep(StepType{Name: "hold-lift", Summary: "end a hold: images back by digest, pods started again in batches, owners restored",
 		Params: []ParamSpec{
 			{Name: "change", Type: "string", Required: true, Doc: "the hold's change ID ({{ .steps.ID.change }})"},
-			{Name: "batch", Type: "int", Doc: "nodes lifted at a time (0: all at once)"},
+			{Name: "batch", Type: "int", Check: nonNegative, Doc: "nodes lifted at a time (0: all at once)"},
 			{Name: "wait", Type: "duration", Default: "2m", Doc: "how long each node's pods get to run their images again"},
 			nodesParam,
-			{Name: "via", Type: "string", Doc: "how to reach containerd: auto, forward or sudo"},
+			{Name: "via", Type: "string", Check: oneOf("auto", "forward", "sudo"), Doc: "how to reach containerd: auto, forward or sudo"},
 		},
 		Prepare: prepareLift})
 }
