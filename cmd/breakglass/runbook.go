@@ -55,9 +55,11 @@ and the built-in runbooks are described in docs/runbooks.md.
 
 In a terminal (stdin and stdout), without --yes and -o json, "runbook run"
 opens a TUI: the steps with their status, the current step's plan and
-progress, the apiserver's health as the checks see it, a log, and the
-questions (y yes, n no, s skips a step whose onFailure is continue, u
-undoes the last applied step, Ctrl-C twice aborts, ? help). Otherwise a run
+progress, the apiserver's health (its /readyz asked every 2s with the
+client of the runbook's apiserver checks, and those checks' results), a
+log, and the questions (y yes, n no, s skips a step whose onFailure is
+continue, u undoes the last applied step, Ctrl-C twice aborts, ? help).
+Otherwise a run
 prints plain progress on stderr; with -o json JSON event lines on stdout
 (docs/json-output.md).
 
@@ -444,7 +446,7 @@ func runRunbook(ctx context.Context, d *Deps, o *runbookOptions, rb *runbook.Run
 		return err
 	}
 	if useTUI(d) {
-		err = runTUI(ctx, d, r, rb, start)
+		err = runTUI(ctx, d, r, rb, params, start)
 	} else {
 		err = start(ctx)
 	}

@@ -104,6 +104,9 @@ func TestLabRunbookTUIInTmux(t *testing.T) {
 	sawAskGone := true
 	deadline := time.Now().Add(10 * time.Minute)
 	rid := regexp.MustCompile(`rb-[0-9]{8}T[0-9]{6}-[0-9a-f]+`)
+	// The TUI's own poll of the apiserver, on the screen.
+	polled := regexp.MustCompile(`apiserver: (ok|slow|not answering): /readyz`)
+	var sawPoll string
 	for {
 		if _, err := os.Stat(exitFile); err == nil {
 			break
@@ -114,6 +117,9 @@ func TestLabRunbookTUIInTmux(t *testing.T) {
 		s := p.screen()
 		if runID == "" {
 			runID = rid.FindString(s)
+		}
+		if sawPoll == "" {
+			sawPoll = polled.FindString(s)
 		}
 		q := strings.TrimSpace(askLine.FindString(s))
 		switch {
@@ -141,6 +147,11 @@ func TestLabRunbookTUIInTmux(t *testing.T) {
 	}
 	if runID == "" {
 		runID = rid.FindString(final)
+	}
+	if sawPoll == "" {
+		t.Errorf("the TUI never showed its own poll of the apiserver (%s); the last screen:\n%s", polled, final)
+	} else {
+		t.Logf("the TUI's poll on the screen: %s", sawPoll)
 	}
 	if runID == "" {
 		t.Fatalf("no run ID on the screen:\n%s", final)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 
@@ -18,12 +19,14 @@ func useTUI(d *Deps) bool {
 	return d.InIsTTY && d.OutIsTTY && d.Global.Output != "json" && !d.Global.Yes
 }
 
-// runTUI runs start (a run, or a resume, of rb) under the bubbletea TUI:
+// runTUI runs start (a run of rb with params) under the bubbletea TUI:
 // the engine's events and questions go to the model instead of the
-// printer. Ctrl-C pressed twice cancels the run's context; the step in
-// progress stops as a cancelled command does and the journal stays
-// consistent (resume or undo it later).
-func runTUI(ctx context.Context, d *Deps, r *runbookEngine, rb *runbook.Runbook, start func(ctx context.Context) error) error {
+// printer, and the model polls the apiserver's health (healthProbe).
+// Ctrl-C pressed twice cancels the run's context; the step in progress
+// stops as a cancelled command does and the journal stays consistent
+// (resume or undo it later). The poll's probe in flight and its timer
+// end with that context too, which is cancelled when the TUI returns.
+func runTUI(ctx context.Context, d *Deps, r *runbookEngine, rb *runbook.Runbook, params map[string]string, start func(ctx context.Context) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var steps []tui.Step
@@ -36,7 +39,7 @@ func runTUI(ctx context.Context, d *Deps, r *runbookEngine, rb *runbook.Runbook,
 	// u: the same undo as runbook undo RUN-ID --step N, its plans asked
 	// about through the same questions.
 	undo := func(runID string, step int) error { return r.Engine.UndoStep(ctx, runID, step) }
-	model := tui.New(rb.Name, steps, run, cancel).WithUndo(undo)
+	model := tui.New(rb.Name, steps, run, cancel).WithUndo(undo).WithHealth(healthProbe(ctx, r, rb, params))
 	prog = tea.NewProgram(model, tea.WithInput(d.In), tea.WithOutput(d.Out), tea.WithContext(ctx))
 	emit := func(ev change.Event) { prog.Send(tui.EventMsg{Event: ev}) }
 	ask := func(ctx context.Context, q string) error {
@@ -69,4 +72,41 @@ func runTUI(ctx context.Context, d *Deps, r *runbookEngine, rb *runbook.Runbook,
 		return err
 	}
 	return context.Canceled
+}
+
+// healthPath is what the TUI's poll asks: cheap, and answered to any
+// client that may ask anything (system:public-info-viewer), unlike the
+// LIST a runbook's check may make under an overload.
+const healthPath = "/readyz"
+
+// healthProbe is the TUI's own poll of the apiserver: the runbook's
+// apiserver check's request (the same client and credentials: the
+// kubeconfig the runbook's apiserver checks name, else the check's
+// default), made once to healthPath within tui.DefaultProbeTimeout. With
+// no apiserver to ask (no kubeconfig, none found, no apiserver.url in the
+// inventory) it has no probe, and the reason: the TUI shows "not
+// configured" and polls nothing.
+func healthProbe(ctx context.Context, r *runbookEngine, rb *runbook.Runbook, params map[string]string) tui.Health {
+	kubeconfig := ""
+	if resolved, err := rb.ResolveParams(params); err == nil {
+		kubeconfig = rb.APIServerKubeconfig(resolved)
+	}
+	check, err := runbook.APIServerProbe(ctx, r.Session, kubeconfig, healthPath, tui.DefaultProbeTimeout)
+	if err != nil {
+		reason, _, _ := strings.Cut(err.Error(), "\n")
+		return tui.Health{Reason: reason}
+	}
+	return tui.Health{What: healthPath, Timeout: tui.DefaultProbeTimeout, Context: ctx, Probe: func(ctx context.Context) tui.ProbeResult {
+		start := time.Now()
+		ok, detail, err := check(ctx)
+		res := tui.ProbeResult{OK: ok && err == nil, Latency: time.Since(start)}
+		if err != nil {
+			detail = err.Error()
+		}
+		if !res.OK {
+			// One request: the check's "request 1 of 1: " says nothing.
+			res.Detail = strings.TrimPrefix(detail, "request 1 of 1: ")
+		}
+		return res
+	}}
 }

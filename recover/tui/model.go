@@ -3,7 +3,9 @@
 // step's plan, per-node progress, checks, a log) and puts the engine's
 // questions to the operator. It has no logic of its own: the run is a
 // tea.Cmd that calls into recover/runbook, and everything shown comes
-// from the events it emits.
+// from the events it emits, except the apiserver's health, which the
+// model also polls through a probe the command gives it (it dials
+// nothing itself).
 package tui
 
 import (
@@ -14,7 +16,6 @@ import (
 	"github.com/charmbracelet/bubbles/help"
 	"github.com/charmbracelet/bubbles/key"
 	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
 
 	"github.com/breakglass/breakglass/recover/change"
 )
@@ -74,7 +75,8 @@ type Model struct {
 	log     []string
 	done    int
 	total   int
-	health  string
+	// health is the apiserver's, polled (WithHealth) and from the checks.
+	health health
 	// asks are the questions waiting for an answer, the last on top: an
 	// undo's questions come while the run's question waits under them.
 	asks []*ConfirmMsg
@@ -100,7 +102,7 @@ type Model struct {
 // New returns the model of a run of runbook with these steps. run starts
 // the run (a tea.Cmd that returns DoneMsg); abort cancels its context.
 func New(runbook string, steps []Step, run tea.Cmd, abort func()) Model {
-	m := Model{runbook: runbook, current: -1, run: run, abort: abort, width: 100, height: 30, help: help.New()}
+	m := Model{runbook: runbook, current: -1, run: run, abort: abort, width: 100, height: 30, help: help.New(), health: newHealth(Health{})}
 	for _, s := range steps {
 		m.steps = append(m.steps, stepRow{Step: s, status: "pending"})
 	}
@@ -198,8 +200,8 @@ func (m Model) refuseAll() Model {
 	return m
 }
 
-// Init starts the run.
-func (m Model) Init() tea.Cmd { return m.run }
+// Init starts the run, and the apiserver's poll (WithHealth).
+func (m Model) Init() tea.Cmd { return tea.Batch(m.run, m.startPoll()) }
 
 // Finished reports whether the run returned, and its error.
 func (m Model) Finished() (bool, error) { return m.finished, m.err }
@@ -234,6 +236,10 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.asks = append(m.asks, &msg)
 	case EventMsg:
 		m = m.event(msg.Event)
+	case healthTickMsg:
+		return m.probe()
+	case healthResultMsg:
+		return m.probed(msg)
 	case UndoDoneMsg:
 		m.undoing = 0
 		m.plan, m.savedPlan = m.savedPlan, nil
@@ -356,7 +362,7 @@ func (m Model) event(ev change.Event) Model {
 			state = "ok"
 		}
 		if ev.Check == "apiserver" {
-			m.health = state + ": " + ev.Detail
+			m = m.checked(ev.OK, ev.Detail, ev.Index)
 		}
 		if i := m.step(ev.Index); i >= 0 {
 			m.steps[i].detail = ev.Check + " " + state
@@ -384,100 +390,4 @@ func (m Model) event(ev change.Event) Model {
 		m = m.logf("%s", line)
 	}
 	return m
-}
-
-var (
-	titleStyle = lipgloss.NewStyle().Bold(true)
-	boxStyle   = lipgloss.NewStyle().Border(lipgloss.NormalBorder()).Padding(0, 1)
-	askStyle   = lipgloss.NewStyle().Bold(true).Reverse(true)
-	statusMark = map[string]string{"pending": " ", "running": ">", "applied": "✓", "unchanged": "=", "planned": "~", "done": "✓",
-		"skipped": "-", "deferred": "?", "failed": "✗", "undone": "↺"}
-)
-
-// View renders the screen.
-func (m Model) View() string {
-	var b strings.Builder
-	head := "runbook " + m.runbook
-	if m.runID != "" {
-		head += "  " + m.runID
-	}
-	b.WriteString(titleStyle.Render(head) + "\n")
-	if m.health != "" {
-		b.WriteString("apiserver: " + m.health + "\n")
-	}
-	w := max(m.width-4, 20)
-	var steps strings.Builder
-	for i, s := range m.steps {
-		title := s.Title
-		if title == "" {
-			title = s.ID
-		}
-		line := fmt.Sprintf("%s %d %-10s %-16s %s", statusMark[s.status], i+1, s.status, s.Type, title)
-		if s.detail != "" {
-			line += "  (" + s.detail + ")"
-		}
-		steps.WriteString(truncate(line, w) + "\n")
-	}
-	b.WriteString(boxStyle.Width(w).Render(strings.TrimRight(steps.String(), "\n")) + "\n")
-	if m.current >= 0 && (len(m.plan) > 0 || m.total > 0) {
-		var plan strings.Builder
-		plan.WriteString(fmt.Sprintf("step %d plan", m.current+1))
-		if m.total > 0 {
-			plan.WriteString("  " + progressBar(m.done, m.total, 30))
-		}
-		plan.WriteString("\n")
-		room := max(m.height-len(m.steps)-logLines-12, 3)
-		for i, l := range m.plan {
-			if i == room {
-				plan.WriteString(fmt.Sprintf("... %d more lines\n", len(m.plan)-room))
-				break
-			}
-			plan.WriteString(truncate(l, w) + "\n")
-		}
-		b.WriteString(boxStyle.Width(w).Render(strings.TrimRight(plan.String(), "\n")) + "\n")
-	}
-	logs := m.log
-	if len(logs) > logLines {
-		logs = logs[len(logs)-logLines:]
-	}
-	for _, l := range logs {
-		b.WriteString(truncate(l, w+4) + "\n")
-	}
-	switch q := m.top(); {
-	case q != nil:
-		choices := "y/n"
-		if m.canSkip() {
-			choices = "y/n/s"
-		}
-		b.WriteString(askStyle.Render(q.Question+"? ["+choices+"]") + "\n")
-	case m.finished:
-		b.WriteString("finished: " + m.status + "  (q to quit)\n")
-	}
-	hm := m.help
-	hm.Width = w + 4
-	if hm.ShowAll {
-		b.WriteString("keys:\n" + hm.View(m.keys()) + "\n")
-	} else {
-		b.WriteString(hm.ShortHelpView([]key.Binding{m.keys().Help}) + "\n")
-	}
-	return b.String()
-}
-
-func truncate(s string, n int) string {
-	if n <= 1 || lipgloss.Width(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	if len(r) > n-1 {
-		r = r[:n-1]
-	}
-	return string(r) + "…"
-}
-
-func progressBar(done, total, width int) string {
-	if total <= 0 {
-		return ""
-	}
-	filled := width * min(done, total) / total
-	return fmt.Sprintf("[%s%s] %d/%d", strings.Repeat("=", filled), strings.Repeat(" ", width-filled), done, total)
 }
