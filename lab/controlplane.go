@@ -97,7 +97,7 @@ func (l *Lab) writeControlPlanePKI() error {
 	if err := etcdCA.writePair(opki, "etcd-client", certSpec{cn: "breakglass", client: true}); err != nil {
 		return err
 	}
-	for _, w := range s.HostsWithRole("worker") {
+	for _, w := range s.KubeletHosts() {
 		if err := writeFile(filepath.Join(w.Root, pkiDir, "ca.crt"), clusterCA.certPEM(), 0o644); err != nil {
 			return err
 		}
@@ -129,7 +129,8 @@ func etcdSpec(cp Host, bin string) Spec {
 
 // apiserverFlags are the API server's flags; extra ones (from an incident)
 // replace flags of the same name.
-func apiserverSpec(cp Host, bin string, extra map[string]string) Spec {
+func apiserverSpec(cp Host, extra map[string]string) Spec {
+	bin := apiserverExe
 	p := func(f string) string { return pkiDir + "/" + f }
 	flags := map[string]string{
 		"advertise-address":                cp.Address,
@@ -161,9 +162,9 @@ func apiserverSpec(cp Host, bin string, extra map[string]string) Spec {
 	for k, v := range extra {
 		flags[k] = v
 	}
-	// The cgroup a CPU cap would go in (none is set here: see
-	// overloadSpec).
-	return Spec{Argv: append([]string{bin}, sortedFlags(flags)...), Cgroup: cgroupPrefix + cp.Name + "-kube-apiserver"}
+	// The container's command: the static pod's (see staticpod.go). A CPU
+	// cap (overloadSpec) goes on the host's pods, not in the manifest.
+	return Spec{Argv: append([]string{bin}, sortedFlags(flags)...)}
 }
 
 func sortedFlags(m map[string]string) []string {
@@ -225,7 +226,7 @@ func (l *Lab) waitAPIServer(ctx context.Context, timeout time.Duration) error {
 	if err != errTimeout {
 		return err
 	}
-	return fmt.Errorf("apiserver not ready after %s: %v\nhint: see %s", timeout, last, filepath.Join(l.State.Dir, "logs", "cp-1-kube-apiserver.log"))
+	return fmt.Errorf("apiserver not ready after %s: %v\nhint: see its static pod's logs, %s, and cp-1's kubelet's, %s", timeout, last, l.apiserverLogs(), filepath.Join(l.State.Dir, "logs", "cp-1-kubelet.log"))
 }
 
 // bootstrapObjects creates what kubeadm would: the oncall user's binding and

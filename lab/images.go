@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -87,25 +89,46 @@ func buildImages(ctx context.Context, cacheDir string, log io.Writer) ([]string,
 		if err != nil {
 			return nil, err
 		}
-		if err := writeOCIImage(tars[i], im.name, "/"+im.program, bin); err != nil {
+		if err := writeOCIImage(tars[i], im.name, "/"+im.program, []imageFile{{Path: im.program, Mode: 0o755, Data: bin}}); err != nil {
 			return nil, fmt.Errorf("image %s: %w", im.name, err)
 		}
 	}
 	return tars, nil
 }
 
+// imageFile is one regular file of an image's only layer.
+type imageFile struct {
+	Path string // in the image, without the leading slash
+	Mode int64
+	Data []byte
+}
+
 // writeOCIImage writes an OCI image layout, as a tarball that
-// `ctr images import` reads, holding one layer with one static binary that is
-// also the entrypoint.
-func writeOCIImage(path, ref, entry string, program []byte) error {
+// `ctr images import` reads, holding one layer with files; entry is the
+// entrypoint (a static binary, or one whose libraries are among files).
+func writeOCIImage(path, ref, entry string, files []imageFile) error {
 	epoch := time.Unix(0, 0)
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
-	if err := tw.WriteHeader(&tar.Header{Name: entry[1:], Mode: 0o755, Size: int64(len(program)), ModTime: epoch, Typeflag: tar.TypeReg}); err != nil {
-		return err
+	dirs := map[string]bool{}
+	for _, f := range files {
+		// Parent directories first, as a root filesystem has them.
+		for d := filepath.Dir(f.Path); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
 	}
-	if _, err := tw.Write(program); err != nil {
-		return err
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, ModTime: epoch, Typeflag: tar.TypeDir}); err != nil {
+			return err
+		}
+	}
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.Path, Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return err
@@ -121,7 +144,7 @@ func writeOCIImage(path, ref, entry string, program []byte) error {
 		"architecture": "amd64",
 		"os":           "linux",
 		"created":      epoch.UTC().Format(time.RFC3339),
-		"config":       map[string]any{"Entrypoint": []string{entry}, "Env": []string{"PATH=/"}},
+		"config":       map[string]any{"Entrypoint": []string{entry}, "Env": []string{"PATH=/usr/local/bin:/"}},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest, configSize := add(config)

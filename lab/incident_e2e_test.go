@@ -30,7 +30,7 @@ func (w testLog) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p
 
 func TestIncidentOverloadSaturatesAPIServer(t *testing.T) {
 	l := incidentLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	t.Cleanup(func() {
 		if err := l.Reset(context.Background(), testLog{t}); err != nil {
@@ -48,7 +48,7 @@ func TestIncidentOverloadSaturatesAPIServer(t *testing.T) {
 	// Saturated: most of an ordinary user's requests miss the SLO (slower,
 	// timed out or refused). API Priority and Fairness is on, so its 429s
 	// go mostly to the agents; they are logged, not required.
-	if bad := res.After.Requests - res.After.OK + res.After.Slow; bad < res.After.Requests/2 {
+	if bad := res.After.Missed(); 2*bad < res.After.Requests {
 		t.Errorf("after the incident only %d of %d requests missed the %s SLO: %+v", bad, res.After.Requests, lab.SLO, res.After)
 	}
 	t.Logf("the apiserver's 429s: %d before, %d after", res.Before.Rejected429, res.After.Rejected429)

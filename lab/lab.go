@@ -101,6 +101,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	apiserverImage, err := buildAPIServerImage(ctx, opts.CacheDir, bins.KubeAPIServer)
+	if err != nil {
+		return nil, err
+	}
 	buildTime := time.Since(start)
 
 	hosts, err := planHosts(opts.Dir, subnet, opts.Workers, opts.SSHHosts)
@@ -193,10 +197,16 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		if err := l.startSupervised(cp, "etcd", etcdSpec(cp, bins.Etcd)); err != nil {
 			return err
 		}
-		if err := l.startSupervised(cp, "kube-apiserver", apiserverSpec(cp, bins.KubeAPIServer, nil)); err != nil {
+		// The API server is cp-1's kubelet's static pod, as kubeadm runs
+		// it: the manifest first, then the kubelet that starts it.
+		if err := writeAPIServerManifest(cp, apiserverSpec(cp, nil)); err != nil {
 			return err
 		}
-		if err := l.waitAPIServer(gctx, 90*time.Second); err != nil {
+		// images[0] is the pause image every sandbox needs.
+		if err := l.startKubeletHost(gctx, cp, 0, []string{images[0], apiserverImage}); err != nil {
+			return err
+		}
+		if err := l.waitAPIServer(gctx, 2*time.Minute); err != nil {
 			return err
 		}
 		logf("apiserver ready at %s (%s)", s.APIServer, time.Since(start).Round(time.Second))
@@ -209,12 +219,12 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		return l.startSupervised(cp, "kube-scheduler", schedulerSpec(bins.KubeScheduler))
 	})
 	for i, w := range s.HostsWithRole("worker") {
-		g.Go(func() error { return l.startWorker(gctx, w, i+1, images) })
+		g.Go(func() error { return l.startKubeletHost(gctx, w, i+1, images) })
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	logf("waiting for %d workers to be Ready", opts.Workers)
+	logf("waiting for %d nodes to be Ready (the control plane's and %d workers)", len(s.KubeletHosts()), opts.Workers)
 	if err := l.waitNodesReady(ctx, 120*time.Second); err != nil {
 		return nil, err
 	}
@@ -235,13 +245,13 @@ func Open(dir string) (*Lab, error) {
 	return l, nil
 }
 
-// waitNodesReady waits until every worker is a Ready node.
+// waitNodesReady waits until every host with a kubelet is a Ready node.
 func (l *Lab) waitNodesReady(ctx context.Context, timeout time.Duration) error {
 	c, err := l.client()
 	if err != nil {
 		return err
 	}
-	want := len(l.State.HostsWithRole("worker"))
+	want := len(l.State.KubeletHosts())
 	var status string
 	err = poll(ctx, time.Second, timeout, func(ctx context.Context) bool {
 		nodes, err := c.Nodes().List(ctx, metav1.ListOptions{})
@@ -264,7 +274,7 @@ func (l *Lab) waitNodesReady(ctx context.Context, timeout time.Duration) error {
 	if err != errTimeout {
 		return err
 	}
-	return fmt.Errorf("workers not Ready after %s (%s)\nhint: see %s/logs/worker-*-kubelet.log", timeout, status, l.State.Dir)
+	return fmt.Errorf("nodes not Ready after %s (%s)\nhint: see %s/logs/*-kubelet.log", timeout, status, l.State.Dir)
 }
 
 func nodeReady(n *corev1.Node) bool {

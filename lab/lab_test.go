@@ -12,9 +12,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/breakglass/breakglass/nodeops/manifest"
 )
 
 func TestPlanHosts(t *testing.T) {
@@ -61,7 +64,7 @@ func TestPlanHosts(t *testing.T) {
 func TestOCIImage(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "img.tar")
 	prog := []byte("#!fake program")
-	if err := writeOCIImage(path, "breakglass.lab/x:1.2", "/x", prog); err != nil {
+	if err := writeOCIImage(path, "breakglass.lab/x:1.2", "/x", []imageFile{{Path: "x", Mode: 0o755, Data: prog}}); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(path)
@@ -135,8 +138,8 @@ func TestOCIImage(t *testing.T) {
 
 func TestAPIServerSpecOverrides(t *testing.T) {
 	cp := Host{Name: "cp-1", Address: "10.0.0.10"}
-	base := apiserverSpec(cp, "/bin/kube-apiserver", nil)
-	over := apiserverSpec(cp, "/bin/kube-apiserver", map[string]string{"max-requests-inflight": "4"})
+	base := apiserverSpec(cp, nil)
+	over := apiserverSpec(cp, map[string]string{"max-requests-inflight": "4"})
 	if len(base.Argv) != len(over.Argv) {
 		t.Fatalf("override added a flag instead of replacing it")
 	}
@@ -202,5 +205,98 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The API server's static pod as the lab writes it: the file is one
+// breakglass's own manifest code parses (what apiserver tune edits), with
+// the spec's command in the kube-apiserver container, the host's network
+// and PKI, the lab's image; the lab reads the command back.
+func TestAPIServerManifest(t *testing.T) {
+	cp := Host{Name: "cp-1", Address: "10.0.0.10", Root: t.TempDir()}
+	spec := apiserverSpec(cp, map[string]string{"max-requests-inflight": "777"})
+	if err := writeAPIServerManifest(cp, spec); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(APIServerManifest(cp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := manifest.Parse(b)
+	if err != nil {
+		t.Fatalf("breakglass's manifest parser: %v\n%s", err, b)
+	}
+	c, err := manifest.Container(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Image != APIServerImage || !pod.Spec.HostNetwork || c.Command[0] != "kube-apiserver" || !slices.Equal(manifest.Argv(pod), spec.Argv) {
+		t.Errorf("pod: image %s, hostNetwork %v, command %v", c.Image, pod.Spec.HostNetwork, c.Command)
+	}
+	if v, ok := manifest.FlagValue(pod, "max-requests-inflight"); !ok || v != "777" {
+		t.Errorf("max-requests-inflight %q %v", v, ok)
+	}
+	if len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != pkiDir {
+		t.Errorf("mounts %+v", c.VolumeMounts)
+	}
+	got, err := apiserverCommand(cp)
+	if err != nil || !slices.Equal(got, spec.Argv) {
+		t.Errorf("read back: %v %v", got, err)
+	}
+	// Nothing but the manifest in the manifests directory.
+	if ents, _ := os.ReadDir(filepath.Dir(APIServerManifest(cp))); len(ents) != 1 {
+		t.Errorf("manifests directory holds %v", ents)
+	}
+}
+
+// ldd's libraries of a dynamic binary, the loader included: what the API
+// server's image carries besides the binary.
+func TestSharedLibraries(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	if _, err := exec.LookPath("ldd"); err != nil {
+		t.Skip("no ldd")
+	}
+	libs, err := sharedLibraries(context.Background(), sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var libc, loader bool
+	for _, l := range libs {
+		libc = libc || strings.Contains(filepath.Base(l), "libc.so")
+		loader = loader || strings.HasPrefix(filepath.Base(l), "ld-linux")
+		if !filepath.IsAbs(l) {
+			t.Errorf("library %q is not a path", l)
+		}
+	}
+	if !libc || !loader {
+		t.Errorf("libraries of %s: %v, want libc and the loader", sh, libs)
+	}
+}
+
+// A host's pods' CPU cap is a quota on its kubelet's cgroup root, set and
+// lifted in place and read back from the cgroup.
+func TestHostCPUCap(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("cgroups need root")
+	}
+	h := Host{Name: fmt.Sprintf("captest-%d", os.Getpid())}
+	if err := createCgroupRoot(h); err != nil {
+		t.Skipf("no cgroup root here: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, hier := range cgroupHierarchies() {
+			os.Remove(filepath.Join(hier, cgroupRoot(h)))
+		}
+	})
+	for _, want := range []int{50, 25, 0} {
+		if err := setHostCPUCap(h, want); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := hostCPUCap(h); err != nil || got != want {
+			t.Errorf("cap %dm: read back %dm, %v", want, got, err)
+		}
 	}
 }

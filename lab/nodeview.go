@@ -96,10 +96,11 @@ func processArgvs(bin string) map[int][]string {
 }
 
 // onlyNewRunning reports whether exactly one process of want's program
-// runs, with want's command line and CPU cap; and, when restarted, it is
-// none of old (the processes before the spec changed): the supervisor has
-// stopped the old process and started the new one, or resized it in place.
-func onlyNewRunning(want Spec, old map[int][]string, restarted bool) (bool, string) {
+// runs, with want's command line, under want's CPU cap on h's pods; and,
+// when restarted, it is none of old (the processes before the spec
+// changed): the kubelet has stopped the old pod and started the new one,
+// or the cap was set in place.
+func onlyNewRunning(h Host, want Spec, old map[int][]string, restarted bool) (bool, string) {
 	name := filepath.Base(want.Argv[0])
 	procs := processArgvs(want.Argv[0])
 	if len(procs) != 1 {
@@ -112,13 +113,13 @@ func onlyNewRunning(want Spec, old map[int][]string, restarted bool) (bool, stri
 		if !slices.Equal(argv, want.Argv) {
 			return false, name + " runs with other flags than its spec"
 		}
-		got, err := cpuCapOf(want.Cgroup, pid)
-		if err != nil {
-			return false, err.Error()
-		}
-		if got != want.CPUMillis {
-			return false, fmt.Sprintf("%s has a CPU cap of %dm, want %dm", name, got, want.CPUMillis)
-		}
+	}
+	got, err := hostCPUCap(h)
+	if err != nil {
+		return false, err.Error()
+	}
+	if got != want.CPUMillis {
+		return false, fmt.Sprintf("%s's pods have a CPU cap of %dm, want %dm", h.Name, got, want.CPUMillis)
 	}
 	return true, ""
 }

@@ -131,3 +131,18 @@ func (s *State) HostsWithRole(role string) []Host {
 	}
 	return out
 }
+
+// HasRole reports whether h has the role.
+func (h Host) HasRole(role string) bool { return slices.Contains(h.Roles, role) }
+
+// KubeletHosts are the hosts that run a kubelet: the control plane (its
+// static pods) and the workers.
+func (s *State) KubeletHosts() []Host {
+	var out []Host
+	for _, h := range s.Hosts {
+		if h.HasRole("control-plane") || h.HasRole("worker") {
+			out = append(out, h)
+		}
+	}
+	return out
+}

@@ -69,6 +69,14 @@ func (l *Lab) Status(ctx context.Context) Status {
 				hs.Components[comp] = "running"
 			}
 		}
+		if _, err := os.Stat(APIServerManifest(h)); err == nil {
+			// A static pod of the host's kubelet, not a supervised
+			// process: running when its process runs on the machine.
+			hs.Components["kube-apiserver (static pod)"] = "stopped"
+			if len(processArgvs(apiserverExe)) > 0 {
+				hs.Components["kube-apiserver (static pod)"] = "running"
+			}
+		}
 		st.Hosts = append(st.Hosts, hs)
 	}
 	return st

@@ -111,7 +111,7 @@ func containerdSpec() Spec {
 }
 
 func kubeletSpec(h Host, bin string) Spec {
-	return Spec{Argv: []string{bin,
+	argv := []string{bin,
 		"--config=/etc/kubernetes/kubelet-config.yaml",
 		"--kubeconfig=/etc/kubernetes/kubelet.conf",
 		"--hostname-override=" + h.Name,
@@ -120,7 +120,13 @@ func kubeletSpec(h Host, bin string) Spec {
 		"--cert-dir=/var/lib/kubelet/pki",
 		"--node-labels=breakglass.lab/host=" + h.Name,
 		"--v=1",
-	}}
+	}
+	if h.HasRole("control-plane") {
+		// As kubeadm's control-plane nodes: only pods that tolerate it
+		// (none of the lab's workloads) land there besides static pods.
+		argv = append(argv, "--register-with-taints="+ControlPlaneTaint+":NoSchedule")
+	}
+	return Spec{Argv: argv}
 }
 
 // cgroupHierarchies lists the mounted cgroup v1 hierarchies (and the v2
@@ -172,9 +178,10 @@ func createCgroupRoot(h Host) error {
 	return nil
 }
 
-// startWorker configures and starts a worker's containerd and kubelet and
-// imports the lab's images.
-func (l *Lab) startWorker(ctx context.Context, h Host, index int, images []string) error {
+// startKubeletHost configures and starts a host's containerd and kubelet
+// (a worker's, or a control-plane host's that runs its static pods) and
+// imports the images into its containerd.
+func (l *Lab) startKubeletHost(ctx context.Context, h Host, index int, images []string) error {
 	files := map[string]string{
 		"/etc/containerd/config.toml":         containerdConfig(),
 		"/etc/cni/net.d/10-bglab.conflist":    cniConfig(index),

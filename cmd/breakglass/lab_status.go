@@ -108,8 +108,8 @@ func printOverload(d *Deps, res *lab.OverloadResult) error {
 	}
 	fmt.Fprintf(d.Out, "What `kubectl get pods -A` (user oncall) saw, %d requests each:\n\n", res.Before.Requests)
 	lab.WriteProbes(d.Out, []lab.Probe{res.Before, res.After})
-	fmt.Fprintf(d.Out, "\n%d telemetry agents are LISTing the cluster (containerd on each worker: %s); the apiserver is saturated.\n",
-		res.TelemetryPods, agentCounts(res.Agents))
+	fmt.Fprintf(d.Out, "\n%d telemetry agents are LISTing the cluster (containerd on each worker: %s); the apiserver, capped at %dm CPU, is saturated.\n",
+		res.TelemetryPods, agentCounts(res.Agents), res.CPUMillis)
 	return nil
 }
 

@@ -356,8 +356,9 @@ func TestLabExecAndCheck(t *testing.T) {
 		if l["reachable"] != "ok" || l["hostKey"] != "ok" || l["auth"] != "ok" || l["nft"] != "ok" {
 			t.Errorf("%v", l)
 		}
-		// Workers run containerd; the control plane need not.
-		if h := s.Hosts[i]; len(s.HostsWithRole("worker")) > 0 && slices.Contains(h.Roles, "worker") && l["containerd"] != "ok" {
+		// Workers and the control plane (its kubelet runs the API
+		// server's static pod) run containerd; ssh-only hosts do not.
+		if h := s.Hosts[i]; (slices.Contains(h.Roles, "worker") || slices.Contains(h.Roles, "control-plane")) && l["containerd"] != "ok" {
 			t.Errorf("%s: containerd %v", h.Name, l["containerd"])
 		}
 	}

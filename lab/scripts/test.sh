@@ -97,10 +97,11 @@ else
 	run all BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_BIN="$BIN" \
 		"$GO" test -count=1 -v -timeout 30m ./...
 	run incidents BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_BIN="$BIN" \
-		"$GO" test -count=1 -v -timeout 25m -run 'TestIncident|TestLabKubeletStopStart' ./lab/
+		"$GO" test -count=1 -v -timeout 35m -run 'TestIncident|TestLabKubeletStopStart|TestLabAPIServerTune' ./lab/
 	# lab down removes the lab's logs: keep what a failure needs first.
 	if [ "$failed" != 0 ]; then
-		for f in "$LAB_DIR"/logs/cp-1-kube-{controller-manager,scheduler,apiserver}.log; do
+		# The API server is cp-1's static pod: its log is the kubelet's.
+		for f in "$LAB_DIR"/logs/cp-1-kube-{controller-manager,scheduler}.log "$LAB_DIR"/logs/cp-1-kubelet.log "$LAB_DIR"/hosts/cp-1/var/log/pods/kube-system_kube-apiserver-*/kube-apiserver/*.log; do
 			[ -f "$f" ] || continue
 			echo "-- last lines of $(basename "$f"):"
 			tail -n 25 "$f"

@@ -1,0 +1,159 @@
+package lab_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/breakglass/breakglass/lab"
+	"github.com/breakglass/breakglass/lab/labtest"
+)
+
+// apiserverArgs is the command line of the kube-apiserver process that runs
+// in cp's network namespace, read on cp over SSH ("" when none runs).
+func apiserverArgs(t *testing.T, st *lab.State, cp lab.Host) string {
+	t.Helper()
+	pids := ownProcs(t, st, cp, "kube-apiserver")
+	if len(pids) != 1 {
+		return ""
+	}
+	out, err := sshHost(st, cp, st.KnownHosts, "tr '\\0' ' ' < /proc/"+pids[0]+"/cmdline")
+	if err != nil {
+		t.Fatalf("%s: read the apiserver's command line: %v\n%s", cp.Name, err, out)
+	}
+	return out
+}
+
+// manifestsDir lists cp's manifests directory.
+func manifestsDir(t *testing.T, cp lab.Host) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Dir(lab.APIServerManifest(cp)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestLabAPIServerTune is issue 11's tune on the real thing: cp-1's
+// kubelet runs the API server as a static pod, and breakglass apiserver
+// tune, over SSH, edits its manifest. --max-requests-inflight 777 makes the
+// kubelet restart the API server with the flag (its process arguments on
+// the node, its /metrics), leaving nothing but the original files in the
+// manifests directory; a tune with a flag the API server refuses is rolled
+// back on that node by itself, the command exits non-zero, and the API
+// server answers again with the previous flags; undo restores the
+// original manifest's bytes.
+func TestLabAPIServerTune(t *testing.T) {
+	st := labtest.Lab(t)
+	// It restarts the API server the other lab tests talk to: the
+	// incidents phase of make test runs it, alone.
+	if os.Getenv("BREAKGLASS_LAB_INCIDENTS") != "1" {
+		t.Skip("runs in the incidents phase of make test, alone (BREAKGLASS_LAB_INCIDENTS=1): it restarts the API server")
+	}
+	bin := os.Getenv("BREAKGLASS_BIN")
+	if bin == "" {
+		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
+	}
+	cp := st.HostsWithRole("control-plane")[0]
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.ReadFile(lab.APIServerManifest(cp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Whatever failed, the lab's own manifest back for the tests
+		// after this one.
+		if cur, _ := os.ReadFile(lab.APIServerManifest(cp)); string(cur) != string(orig) {
+			l, err := lab.Open(st.Dir)
+			if err == nil {
+				err = l.HealAPIServer(t.Context())
+			}
+			if err != nil {
+				t.Errorf("restoring the apiserver: %v", err)
+			}
+		}
+	})
+	before := manifestsDir(t, cp)
+	if args := apiserverArgs(t, st, cp); !strings.Contains(args, "--max-requests-inflight=400") {
+		t.Fatalf("the apiserver runs with %q, want the lab's --max-requests-inflight=400", args)
+	}
+
+	dry := b.run("apiserver", "tune", "--max-requests-inflight", "777", "--dry-run")
+	if dry.code != 0 || !strings.Contains(dry.stdout, "--max-requests-inflight=777") {
+		t.Fatalf("dry run: exit %d", dry.code)
+	}
+	if cur, _ := os.ReadFile(lab.APIServerManifest(cp)); string(cur) != string(orig) {
+		t.Fatal("the dry run changed the manifest")
+	}
+
+	r := b.run("apiserver", "tune", "--max-requests-inflight", "777", "--yes", "-o", "json", "--journal", b.jnl)
+	if r.code != 0 {
+		t.Fatalf("tune: exit %d", r.code)
+	}
+	if args := apiserverArgs(t, st, cp); !strings.Contains(args, "--max-requests-inflight=777") {
+		t.Errorf("after the tune the apiserver runs with %q", args)
+	}
+	st2 := b.run("apiserver", "status", "-o", "json")
+	if st2.code != 0 || !strings.Contains(st2.stdout, "777") {
+		t.Errorf("apiserver status after the tune: exit %d, want 777 among its flags", st2.code)
+	}
+	if got := manifestsDir(t, cp); !slices.Equal(got, before) {
+		t.Errorf("the manifests directory holds %q after the tune, had %q", got, before)
+	}
+	change := changeID(t, r.stdout)
+
+	// A flag the API server refuses to start with: rolled back, exit
+	// non-zero, the apiserver answers again with 777.
+	bad := b.run("apiserver", "tune", "--flag", "no-such-flag=1", "--wait", "90s", "--yes", "--journal", b.jnl)
+	if bad.code == 0 || !strings.Contains(bad.stderr, "rolled back") {
+		t.Errorf("a tune the apiserver cannot start with: exit %d, want non-zero and rolled back", bad.code)
+	}
+	if args := apiserverArgs(t, st, cp); !strings.Contains(args, "--max-requests-inflight=777") || strings.Contains(args, "no-such-flag") {
+		t.Errorf("after the rollback the apiserver runs with %q", args)
+	}
+	if got := manifestsDir(t, cp); !slices.Equal(got, before) {
+		t.Errorf("the manifests directory holds %q after the rollback", got)
+	}
+	l, err := lab.Open(st.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := l.WaitHealthy(t.Context(), 2*time.Minute); err != nil {
+		t.Errorf("after the rollback: %v (%s)", err, p)
+	}
+
+	// Undo of the first tune: the original bytes, and the lab's flags.
+	if u := b.run("undo", change, "--yes", "--journal", b.jnl); u.code != 0 {
+		t.Fatalf("undo: exit %d", u.code)
+	}
+	if cur, _ := os.ReadFile(lab.APIServerManifest(cp)); string(cur) != string(orig) {
+		t.Error("undo left other bytes than the original manifest")
+	}
+	if args := apiserverArgs(t, st, cp); !strings.Contains(args, "--max-requests-inflight=400") {
+		t.Errorf("after undo the apiserver runs with %q", args)
+	}
+}
+
+// changeID is the id of the first change line of a command's -o json.
+func changeID(t *testing.T, stdout string) string {
+	t.Helper()
+	for _, line := range strings.Split(stdout, "\n") {
+		var ev struct{ Type, ID string }
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Type == "change" && ev.ID != "" {
+			return ev.ID
+		}
+	}
+	t.Fatalf("no change line in:\n%s", stdout)
+	return ""
+}
