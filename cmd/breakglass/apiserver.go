@@ -39,7 +39,7 @@ hosting cluster) is scaled through the hosting cluster's etcd with
 
 ` + apiserverExitCodes,
 	}
-	cmd.AddCommand(newCmdAPIServerTune(d, runF), newCmdAPIServerStatus(d), newCmdAPIServerScale(d, nil))
+	cmd.AddCommand(newCmdAPIServerTune(d, runF), newCmdAPIServerStatus(d), newCmdAPIServerAdd(d), newCmdAPIServerRemove(d), newCmdAPIServerScale(d, nil))
 	return cmd
 }
 

@@ -78,3 +78,25 @@ func TestAPIServerTuneCommand(t *testing.T) {
 		t.Fatalf("status: exit %d %v: %s", code, lines, errOut)
 	}
 }
+
+// TestAPIServerAddRemoveUsage: bad flags of apiserver add and remove are
+// usage errors (exit 2) that name the flag, and nothing is asked of a node.
+func TestAPIServerAddRemoveUsage(t *testing.T) {
+	fx := sshdtest.Start(t, 1, sshdtest.Options{})
+	inv := writeInventory(t, fx)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"add"}, "--node is required"},
+		{[]string{"remove"}, "--node is required"},
+		{[]string{"add", "--node", "nope"}, "--node nope: not a control-plane or standby node"},
+		{[]string{"add", "--node", "node1", "--advertise-address", "cp-2.example"}, "--advertise-address"},
+		{[]string{"remove", "--node", "node1", "--wait", "0s"}, "--wait"},
+	} {
+		_, errOut, code := runArgs(t, append([]string{"--inventory", inv, "apiserver"}, c.args...)...)
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, want 2 with %q: %s", c.args, code, c.want, errOut)
+		}
+	}
+}

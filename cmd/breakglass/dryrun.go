@@ -58,6 +58,8 @@ var dryRunModes = map[string]string{
 	"breakglass shed":                       dryRunReadOnly,
 	"breakglass undo":                       dryRunHonoured,
 	"breakglass apiserver tune":             dryRunHonoured,
+	"breakglass apiserver add":              dryRunHonoured,
+	"breakglass apiserver remove":           dryRunHonoured,
 	"breakglass apiserver status":           dryRunReadOnly,
 	"breakglass apiserver scale":            dryRunHonoured,
 	"breakglass apiserver":                  dryRunReadOnly,

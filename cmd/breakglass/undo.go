@@ -40,7 +40,10 @@ pods again by itself. A "shed" change is undone by putting back, on every
 node, the table the change found (see docs/shed.md). An "apiserver tune"
 change is undone by putting every node's manifest back, one node at a
 time with the same waits (see docs/apiserver.md); the nodes are the
-control-plane nodes unless --nodes says otherwise. A "kubelet stop" change
+control-plane nodes unless --nodes says otherwise. An "apiserver add" change
+is undone by taking that API server away (the manifest removed, then, once
+it stopped, the files the add wrote); an "apiserver remove" by putting the
+manifest back and waiting until it answers. A "kubelet stop" change
 is undone in the reverse order: the kubelets started (each waited for until
 it runs and renewed its lease), then the controller-manager put back.
 
@@ -73,6 +76,24 @@ cancelled.`,
 func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 	recs, err := journal.Read(d.journalPath())
 	if err != nil {
+		return err
+	}
+	if found := journal.Find(recs, o.ID); memberChange(found) != nil {
+		// An apiserver add or remove: the API server taken away again (and
+		// the files the add wrote), or its manifest put back.
+		mo := &apiserverMemberOptions{nodes: o.pods.nodes, ssh: o.pods.ssh, node: memberChange(found).Target.Node,
+			manifest: memberChange(found).Target.Path, wait: 3 * time.Minute, poll: 2 * time.Second}
+		if b := memberChange(found).Details["backup"]; b != "" {
+			mo.backupDir = path.Dir(path.Dir(b))
+		}
+		r, err := newMemberRun(ctx, d, mo)
+		if err != nil {
+			return err
+		}
+		defer r.close()
+		e, stream := r.engine(d)
+		defer stream.Close()
+		_, err = e.Undo(ctx, recs, o.ID, o.Force)
 		return err
 	}
 	if found := journal.Find(recs, o.ID); manifestChange(found) != nil {
@@ -160,6 +181,17 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 func manifestChange(recs []journal.Record) *journal.Record {
 	for i := range recs {
 		if recs[i].Kind == journal.KindNode && recs[i].Details["kind"] == steps.KindManifest {
+			return &recs[i]
+		}
+	}
+	return nil
+}
+
+// memberChange returns the first record of recs that added or removed an
+// API server, or nil.
+func memberChange(recs []journal.Record) *journal.Record {
+	for i := range recs {
+		if recs[i].Kind == journal.KindNode && recs[i].Details["kind"] == steps.KindAPIServerMember {
 			return &recs[i]
 		}
 	}

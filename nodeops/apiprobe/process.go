@@ -104,11 +104,18 @@ type Instance struct {
 // ProcessScript finds the newest kube-apiserver process on the node (its
 // comm, as the kernel keeps it) and prints its pid, start time, command
 // line (base64 of the NUL-separated argv) and cgroup. Zombies are not
-// counted: they run nothing.
+// counted: they run nothing; nor is a kube-apiserver in another network
+// namespace than the node's own (where it can be told): a static pod's
+// API server runs in the host's, and a container's own apiserver (a
+// hosted control plane on a worker, a test cluster in a pod) is not the
+// node's.
 const ProcessScript = `n=0; best=; bt=0
+me=$(readlink /proc/self/ns/net 2>/dev/null)
 for s in /proc/[0-9]*/comm; do
   [ "$(cat "$s" 2>/dev/null)" = kube-apiserver ] || continue
   p=${s%/comm}; p=${p#/proc/}
+  ns=$(readlink /proc/$p/ns/net 2>/dev/null)
+  if [ -n "$me" ] && [ -n "$ns" ] && [ "$ns" != "$me" ]; then continue; fi
   f=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null) || continue
   set -- $f
   { [ "$#" -ge 20 ] && [ "$1" != Z ] && [ "$1" != X ]; } || continue

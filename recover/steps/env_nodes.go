@@ -61,3 +61,17 @@ func (e *Env) Manifest(targets []nodeops.Target, path, backupDir string) *Manife
 	return &Manifest{Runner: e.Runner, Watch: &NodeAPIServer{Runner: e.Runner, Probe: apiprobe.Options{Port: e.ShedPort(0)}},
 		Targets: targets, Path: path, BackupDir: backupDir, CallTimeout: e.Fanout.Timeout, Concurrency: e.Fanout.Concurrency}
 }
+
+// APIServerMember returns the kind of apiserver add and remove: hosts
+// are the control-plane and standby nodes (the API servers asked before
+// one is taken away); the manifest at path and backups under backupDir as
+// for Manifest; an added API server's etcd servers are the inventory's.
+func (e *Env) APIServerMember(hosts []nodeops.Target, path, backupDir string) *APIServerMember {
+	m := e.Manifest(hosts, path, backupDir)
+	k := &APIServerMember{Runner: m.Runner, Watch: m.Watch, Hosts: hosts, Path: m.Path, BackupDir: backupDir,
+		CallTimeout: m.CallTimeout, Now: e.Now}
+	if e.Inventory != nil {
+		k.Etcd = e.Inventory.Etcd.Endpoints
+	}
+	return k
+}

@@ -66,7 +66,10 @@ func (k *fakeKubelet) Instance(_ context.Context, t nodeops.Target) (apiprobe.In
 }
 
 func (k *fakeKubelet) Live(_ context.Context, t nodeops.Target) (apiprobe.Liveness, error) {
-	b, _ := os.ReadFile(k.files[t.Name])
+	b, err := os.ReadFile(k.files[t.Name])
+	if err != nil {
+		return apiprobe.Liveness{Detail: "connection refused"}, nil // no manifest: no API server
+	}
 	if k.broken != nil && k.broken(t.Name, manifest.ArgvOf(b)) {
 		return apiprobe.Liveness{Livez: 0, Readyz: 0, Detail: "connection refused"}, nil
 	}
