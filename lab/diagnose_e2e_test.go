@@ -58,7 +58,7 @@ func diagnosisWith(t *testing.T, st *lab.State, inventory string) *diagnose.Repo
 	} else {
 		t.Logf("cp-1 apiserver: readyz %d in %d ms, 429s %.0f, problems %v", h.Code, h.LatencyMs, h.Rejected429, h.Problems)
 	}
-	if rep.Census == nil || rep.Census.Nodes.Total != len(st.HostsWithRole("worker")) {
+	if rep.Census == nil || rep.Census.Nodes.Total != len(st.KubeletHosts()) {
 		t.Errorf("census nodes: %+v", rep.Census)
 	}
 	t.Logf("diagnose took %d ms: %d etcd reads (%d keys, %d bytes), %d SSH sessions, %d containerd connections",

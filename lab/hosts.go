@@ -47,9 +47,15 @@ var rootShellFiles = []string{"/root/.bashrc", "/root/.profile", "/root/.bash_pr
 // machine, so that lab down removes them again.
 const createdDirsFile = runDir + "/created-dirs"
 
-// planHosts names and addresses the hosts: cp-1 at .10, workers from .21,
-// sshd-only hosts (role "ssh", for fan-out benchmarks) from .100.
-func planHosts(dir string, subnet netip.Prefix, workers, sshHosts int) ([]Host, error) {
+// StandbyRole is the role of a control-plane host that runs a kubelet and
+// containerd but no API server yet: where breakglass apiserver add brings
+// one up.
+const StandbyRole = "standby"
+
+// planHosts names and addresses the hosts: cp-1 at .10, the standby cp-2
+// at .11 (unless noStandby), workers from .21, sshd-only hosts (role
+// "ssh", for fan-out benchmarks) from .100.
+func planHosts(dir string, subnet netip.Prefix, workers, sshHosts int, noStandby bool) ([]Host, error) {
 	base := subnet.Addr()
 	if !base.Is4() || subnet.Bits() > 24 {
 		return nil, fmt.Errorf("subnet %s: want an IPv4 prefix of /24 or larger", subnet)
@@ -75,6 +81,9 @@ func planHosts(dir string, subnet netip.Prefix, workers, sshHosts int) ([]Host, 
 		}
 	}
 	hosts := []Host{mk("cp-1", []string{"control-plane"}, addr(10))}
+	if !noStandby {
+		hosts = append(hosts, mk("cp-2", []string{StandbyRole}, addr(11)))
+	}
 	for i := 1; i <= workers; i++ {
 		hosts = append(hosts, mk(fmt.Sprintf("worker-%d", i), []string{"worker"}, addr(20+i)))
 	}

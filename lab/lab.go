@@ -21,6 +21,8 @@ type Options struct {
 	Dir string
 	// Workers is the number of worker hosts (default 3).
 	Workers int
+	// NoStandby leaves out the standby control-plane host cp-2.
+	NoStandby bool
 	// SSHHosts is the number of extra hosts that run only sshd (role "ssh"),
 	// for fan-out tests and benchmarks.
 	SSHHosts int
@@ -107,7 +109,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	buildTime := time.Since(start)
 
-	hosts, err := planHosts(opts.Dir, subnet, opts.Workers, opts.SSHHosts)
+	hosts, err := planHosts(opts.Dir, subnet, opts.Workers, opts.SSHHosts, opts.NoStandby)
 	if err != nil {
 		return nil, err
 	}
@@ -221,10 +223,16 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	for i, w := range s.HostsWithRole("worker") {
 		g.Go(func() error { return l.startKubeletHost(gctx, w, i+1, images) })
 	}
+	// A standby control-plane host: containerd with the API server's
+	// image, a kubelet, an empty manifests directory (pod subnets from
+	// 10.244.200.0/24, apart from the workers').
+	for i, h := range s.HostsWithRole(StandbyRole) {
+		g.Go(func() error { return l.startKubeletHost(gctx, h, 200+i, []string{images[0], apiserverImage}) })
+	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	logf("waiting for %d nodes to be Ready (the control plane's and %d workers)", len(s.KubeletHosts()), opts.Workers)
+	logf("waiting for %d nodes to be Ready (the control plane's, %d standby and %d workers)", len(s.KubeletHosts()), len(s.HostsWithRole(StandbyRole)), opts.Workers)
 	if err := l.waitNodesReady(ctx, 120*time.Second); err != nil {
 		return nil, err
 	}

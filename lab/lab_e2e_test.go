@@ -176,9 +176,11 @@ func TestLabHostsHaveOwnIdentityAndPaths(t *testing.T) {
 		}
 		isWorker, isCP := h.HasRole("worker"), h.HasRole("control-plane")
 		// Workers run containerd for their pods, the control plane for
-		// its static pods (the API server).
-		if got := strings.Contains(out, "containerd\n"); got != (isWorker || isCP) {
-			t.Errorf("%s: containerd socket present=%v, want %v", h.Name, got, isWorker || isCP)
+		// its static pods (the API server), a standby host for the API
+		// server apiserver add brings up there.
+		wantCtrd := isWorker || isCP || h.HasRole(lab.StandbyRole)
+		if got := strings.Contains(out, "containerd\n"); got != wantCtrd {
+			t.Errorf("%s: containerd socket present=%v, want %v", h.Name, got, wantCtrd)
 		}
 		if got := strings.Contains(out, "etcd-pki"); got != isCP {
 			t.Errorf("%s: etcd pki present=%v, want %v", h.Name, got, isCP)

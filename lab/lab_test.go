@@ -21,12 +21,13 @@ import (
 )
 
 func TestPlanHosts(t *testing.T) {
-	hosts, err := planHosts("/lab", netip.MustParsePrefix("10.77.0.0/24"), 3, 2)
+	hosts, err := planHosts("/lab", netip.MustParsePrefix("10.77.0.0/24"), 3, 2, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []struct{ name, role, addr string }{
 		{"cp-1", "control-plane", "10.77.0.10"},
+		{"cp-2", "standby", "10.77.0.11"},
 		{"worker-1", "worker", "10.77.0.21"},
 		{"worker-2", "worker", "10.77.0.22"},
 		{"worker-3", "worker", "10.77.0.23"},
@@ -52,7 +53,7 @@ func TestPlanHosts(t *testing.T) {
 		subnet      string
 		workers, ss int
 	}{{"10.77.0.0/25", 3, 0}, {"10.77.0.0/24", 0, 0}, {"10.77.0.0/24", 71, 0}, {"10.77.0.0/24", 3, 151}} {
-		if _, err := planHosts("/lab", netip.MustParsePrefix(bad.subnet), bad.workers, bad.ss); err == nil {
+		if _, err := planHosts("/lab", netip.MustParsePrefix(bad.subnet), bad.workers, bad.ss, false); err == nil {
 			t.Errorf("planHosts(%+v): no error", bad)
 		}
 	}

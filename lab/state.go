@@ -136,11 +136,11 @@ func (s *State) HostsWithRole(role string) []Host {
 func (h Host) HasRole(role string) bool { return slices.Contains(h.Roles, role) }
 
 // KubeletHosts are the hosts that run a kubelet: the control plane (its
-// static pods) and the workers.
+// static pods), the standby control-plane hosts and the workers.
 func (s *State) KubeletHosts() []Host {
 	var out []Host
 	for _, h := range s.Hosts {
-		if h.HasRole("control-plane") || h.HasRole("worker") {
+		if h.HasRole("control-plane") || h.HasRole(StandbyRole) || h.HasRole("worker") {
 			out = append(out, h)
 		}
 	}

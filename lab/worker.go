@@ -121,7 +121,7 @@ func kubeletSpec(h Host, bin string) Spec {
 		"--node-labels=breakglass.lab/host=" + h.Name,
 		"--v=1",
 	}
-	if h.HasRole("control-plane") {
+	if h.HasRole("control-plane") || h.HasRole(StandbyRole) {
 		// As kubeadm's control-plane nodes: only pods that tolerate it
 		// (none of the lab's workloads) land there besides static pods.
 		argv = append(argv, "--register-with-taints="+ControlPlaneTaint+":NoSchedule")

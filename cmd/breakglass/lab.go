@@ -16,6 +16,7 @@ type labOptions struct {
 	Dir      string
 	Workers  int
 	SSHHosts int
+	Standby  bool
 	Subnet   string
 	CacheDir string
 }
@@ -64,6 +65,7 @@ ready breakglass.yaml inventory into the lab directory.`,
 	}
 	cmd.Flags().IntVar(&opts.Workers, "workers", 3, "number of worker hosts")
 	cmd.Flags().IntVar(&opts.SSHHosts, "ssh-hosts", 0, "number of extra hosts that run only sshd (role ssh), for fan-out benchmarks")
+	cmd.Flags().BoolVar(&opts.Standby, "standby", true, "add the standby control-plane host cp-2 (a kubelet and containerd, no API server: for apiserver add)")
 	cmd.Flags().StringVar(&opts.Subnet, "subnet", "10.77.0.0/24", "IPv4 `prefix` of the lab bridge")
 	cmd.Flags().StringVar(&opts.CacheDir, "cache-dir", lab.DefaultCacheDir(), "where built binaries are kept between runs")
 	return cmd
@@ -73,7 +75,7 @@ ready breakglass.yaml inventory into the lab directory.`,
 // stderr. Options left zero take lab up's defaults.
 func bringLabUp(ctx context.Context, d *Deps, opts *labOptions) (*lab.Lab, error) {
 	l, err := labUp(ctx, lab.Options{
-		Dir: opts.Dir, Workers: opts.Workers, SSHHosts: opts.SSHHosts, Subnet: opts.Subnet,
+		Dir: opts.Dir, Workers: opts.Workers, SSHHosts: opts.SSHHosts, NoStandby: !opts.Standby, Subnet: opts.Subnet,
 		CacheDir: opts.CacheDir, Log: d.ErrOut,
 	})
 	if err != nil {
