@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,10 +12,6 @@ import (
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/steps"
 )
-
-// StandbyRole marks control-plane hosts that run no API server yet (the
-// hosts apiserver add is for); they count as API servers' peers.
-const StandbyRole = "standby"
 
 type apiserverMemberOptions struct {
 	ssh       sshFlags
@@ -158,12 +153,7 @@ func newMemberRun(ctx context.Context, d *Deps, o *apiserverMemberOptions) (*mem
 	}
 	env := d.stepsEnv(&o.ssh)
 	env.Runner = r
-	var peers []nodeops.Target
-	for _, t := range all {
-		if slices.Contains(t.Roles, "control-plane") || slices.Contains(t.Roles, StandbyRole) || t.Name == o.node {
-			peers = append(peers, t)
-		}
-	}
+	peers := steps.MemberPeers(all, o.node)
 	k := env.APIServerMember(peers, o.manifest, o.backupDir)
 	k.Wait, k.Poll = o.wait, o.poll
 	if err := k.Check(); err != nil {
@@ -174,16 +164,11 @@ func newMemberRun(ctx context.Context, d *Deps, o *apiserverMemberOptions) (*mem
 }
 
 func (r *memberRun) host(name, flag string) (nodeops.Target, error) {
-	for _, h := range r.hosts {
-		if h.Name == name {
-			return h, nil
-		}
+	t, err := r.kind.Host(name, flag)
+	if err != nil {
+		return t, usagef("%v", err)
 	}
-	var names []string
-	for _, h := range r.hosts {
-		names = append(names, h.Name)
-	}
-	return nodeops.Target{}, usagef("%s %s: not a control-plane or standby node of the inventory (those are: %v)", flag, name, names)
+	return t, nil
 }
 
 func (r *memberRun) engine(d *Deps) (*change.Engine, *change.Stream) {
@@ -213,7 +198,7 @@ func runAPIServerAdd(ctx context.Context, d *Deps, o *apiserverMemberOptions) er
 		if from, err = r.host(o.from, "--from"); err != nil {
 			return err
 		}
-	} else if from, err = r.healthySource(ctx, to.Name); err != nil {
+	} else if from, err = r.kind.HealthySource(ctx, to.Name); err != nil {
 		return err
 	}
 	if o.advertise == "" {
@@ -225,20 +210,6 @@ func runAPIServerAdd(ctx context.Context, d *Deps, o *apiserverMemberOptions) er
 	defer stream.Close()
 	_, err = e.Run(ctx, steps.PlanAdd(r.kind, from, to, o.advertise))
 	return err
-}
-
-// healthySource is the first control-plane node other than node whose
-// API server answers /livez and /readyz.
-func (r *memberRun) healthySource(ctx context.Context, node string) (nodeops.Target, error) {
-	for _, h := range r.hosts {
-		if h.Name == node || !slices.Contains(h.Roles, "control-plane") {
-			continue
-		}
-		if l, err := r.kind.Watch.Live(ctx, h); err == nil && l.OK() {
-			return h, nil
-		}
-	}
-	return nodeops.Target{}, fmt.Errorf("no control-plane node's API server answers /livez and /readyz to copy from\nhint: name one with --from")
 }
 
 func runAPIServerRemove(ctx context.Context, d *Deps, o *apiserverMemberOptions) error {

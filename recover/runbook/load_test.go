@@ -63,7 +63,8 @@ func TestLoadErrors(t *testing.T) {
 		{"bad name", "name: Bad_Name\nsteps: [{id: a, type: note, params: {message: hi}}]\n", []string{"f.yaml:1: name: \"Bad_Name\""}},
 		{"no steps", "name: x\nsteps: []\n", []string{"f.yaml:2: steps: want a list of at least one step"}},
 		{"unknown type", "name: x\nsteps:\n  - id: a\n    type: shed-netwrok\n", []string{`f.yaml:4: steps[0].type: unknown step type "shed-netwrok" (this build has: `}},
-		{"type not in this build", "name: x\nsteps:\n  - id: a\n    type: apiserver-add\n", []string{`f.yaml:4: steps[0].type: step type "apiserver-add" (starting another apiserver) is not available in this build`}},
+		{"missing required param of apiserver-add", "name: x\nsteps:\n  - id: a\n    type: apiserver-add\n", []string{`f.yaml:3: steps[0].params.node: missing: the standby host`}},
+		{"bad advertiseAddress", "name: x\nsteps:\n  - id: a\n    type: apiserver-add\n    params: {node: cp-2, advertiseAddress: cp-2.example}\n", []string{`f.yaml:5: steps[0].params.advertiseAddress: "cp-2.example": want an IP address`}},
 		{"missing id", "name: x\nsteps:\n  - type: note\n    params: {message: hi}\n", []string{"f.yaml:3: steps[0].id: missing"}},
 		{"duplicate id", "name: x\nsteps:\n  - {id: a, type: note, params: {message: hi}}\n  - {id: a, type: note, params: {message: hi}}\n", []string{`f.yaml:4: steps[1].id: "a": already the id of steps[0]`}},
 		{"id with dash", "name: x\nsteps:\n  - {id: my-step, type: note, params: {message: hi}}\n", []string{`f.yaml:3: steps[0].id: "my-step": step ids are letters`}},
@@ -127,15 +128,15 @@ func TestResolveParams(t *testing.T) {
 // A capability that lands later registers its step type, and runbooks
 // naming it then validate.
 func TestRegisterStepLater(t *testing.T) {
-	const yaml = "name: x\nsteps:\n  - id: a\n    type: apiserver-add\n    params: {nodes: worker-1}\n"
-	if _, err := Load("f.yaml", []byte(yaml)); err == nil || !strings.Contains(err.Error(), "not available in this build") {
+	const yaml = "name: x\nsteps:\n  - id: a\n    type: test-later\n    params: {nodes: worker-1}\n"
+	if _, err := Load("f.yaml", []byte(yaml)); err == nil || !strings.Contains(err.Error(), `unknown step type "test-later"`) {
 		t.Fatalf("before registration: %v", err)
 	}
-	RegisterStep(StepType{Name: "apiserver-add", Params: []ParamSpec{nodesParam},
+	RegisterStep(StepType{Name: "test-later", Params: []ParamSpec{nodesParam},
 		Prepare: func(context.Context, *Session, Args) (*Action, error) { return nil, errors.New("test only") }})
 	defer func() {
 		registry.Lock()
-		delete(registry.steps, "apiserver-add")
+		delete(registry.steps, "test-later")
 		registry.Unlock()
 	}()
 	if _, err := Load("f.yaml", []byte(yaml)); err != nil {

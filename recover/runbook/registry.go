@@ -74,9 +74,8 @@ var registry = struct {
 	checks map[string]*CheckType
 }{steps: map[string]*StepType{}, checks: map[string]*CheckType{}}
 
-// RegisterStep adds a step type. A capability that lands later (diagnose,
-// apiserver-add) registers its step from an
-// init function of its own file; runbooks that name it then validate.
+// RegisterStep adds a step type. Each capability registers its steps from
+// an init function of its own file; runbooks that name one then validate.
 func RegisterStep(t StepType) {
 	registry.Lock()
 	defer registry.Unlock()
@@ -136,19 +135,7 @@ func CheckTypes() []*CheckType {
 	return out
 }
 
-// unavailable are the step types issue 13 names whose capabilities are
-// still being built: a runbook naming one is refused as "not available in
-// this build", not as a typo.
-var unavailable = map[string]string{
-	"apiserver-add": "starting another apiserver",
-}
-
 func stepTypeError(name string) string {
-	if what, ok := unavailable[name]; ok {
-		if _, registered := LookupStep(name); !registered {
-			return fmt.Sprintf("step type %q (%s) is not available in this build", name, what)
-		}
-	}
 	var names []string
 	for _, t := range StepTypes() {
 		names = append(names, t.Name)

@@ -200,6 +200,7 @@ func (e *Engine) undoRun(ctx context.Context, id string, step int, list []stepCh
 	// The kinds on the control plane's files and services: their records
 	// carry the paths, backups and phases the undo needs.
 	ce.Register(runbookManifest{s.Env.Manifest(nodes, "", "")})
+	ce.Register(runbookMember{s.Env.APIServerMember(steps.MemberPeers(nodes, ""), "", "")})
 	var closers []func() error
 	defer func() {
 		for _, c := range closers {

@@ -41,6 +41,52 @@ const (
 	memberRestore  = "restore"  // undo of a remove: manifest put back
 )
 
+// StandbyRole marks control-plane hosts that run no API server yet (the
+// hosts apiserver add is for); they count among the API servers' peers.
+const StandbyRole = "standby"
+
+// MemberPeers are the nodes of all that an add or remove works among: the
+// control-plane and standby nodes, and node itself.
+func MemberPeers(all []nodeops.Target, node string) []nodeops.Target {
+	var out []nodeops.Target
+	for _, t := range all {
+		if t.HasRole("control-plane") || t.HasRole(StandbyRole) || t.Name == node {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Host is the peer named name; flag names where the name came from, for
+// the error.
+func (k *APIServerMember) Host(name, flag string) (nodeops.Target, error) {
+	var names []string
+	for _, h := range k.Hosts {
+		if h.Name == name {
+			return h, nil
+		}
+		names = append(names, h.Name)
+	}
+	return nodeops.Target{}, fmt.Errorf("%s %s: not a control-plane or standby node of the inventory (those are: %s)", flag, name, strings.Join(names, ", "))
+}
+
+// HealthySource is the first control-plane node other than node whose API
+// server answers /livez and /readyz: what an add copies from by default.
+func (k *APIServerMember) HealthySource(ctx context.Context, node string) (nodeops.Target, error) {
+	for _, h := range k.Hosts {
+		if h.Name == node || !h.HasRole("control-plane") {
+			continue
+		}
+		cctx, cancel := k.manifest().call(ctx)
+		l, err := k.Watch.Live(cctx, h)
+		cancel()
+		if err == nil && l.OK() {
+			return h, nil
+		}
+	}
+	return nodeops.Target{}, fmt.Errorf("no control-plane node's API server answers /livez and /readyz to copy from\nhint: name one (--from)")
+}
+
 // APIServerMember adds and removes API servers of a static-pod control
 // plane, one node per change.
 type APIServerMember struct {
