@@ -100,4 +100,6 @@ func ipAddress(v string) error {
 // its own ops only.
 type runbookMember struct{ *steps.APIServerMember }
 
-func (runbookMember) OwnsOp(op string) bool { return op == steps.OpAPIServerAdd || op == steps.OpAPIServerRemove }
+func (runbookMember) OwnsOp(op string) bool {
+	return op == steps.OpAPIServerAdd || op == steps.OpAPIServerRemove
+}
