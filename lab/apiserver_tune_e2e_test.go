@@ -89,6 +89,13 @@ func TestLabAPIServerTune(t *testing.T) {
 		t.Fatalf("the apiserver runs with %q, want the lab's --max-requests-inflight=400", args)
 	}
 
+	// The two limits as the running API server applies them, from its
+	// /metrics on the node: its priority levels' nominal seats add up to
+	// inflight + mutating (each level's share rounded up).
+	if s := statusSeats(t, b, cp.Name); s < 600 || s >= 620 {
+		t.Errorf("before the tune: %v seats in /metrics, want 400+200 (up to 620 with rounding)", s)
+	}
+
 	dry := b.run("apiserver", "tune", "--max-requests-inflight", "777", "--dry-run")
 	if dry.code != 0 || !strings.Contains(dry.stdout, "--max-requests-inflight=777") {
 		t.Fatalf("dry run: exit %d", dry.code)
@@ -110,6 +117,9 @@ func TestLabAPIServerTune(t *testing.T) {
 	}
 	if got := manifestsDir(t, cp); !slices.Equal(got, before) {
 		t.Errorf("the manifests directory holds %q after the tune, had %q", got, before)
+	}
+	if s := statusSeats(t, b, cp.Name); s < 977 || s >= 997 {
+		t.Errorf("after the tune: %v seats in /metrics, want 777+200 (up to 997 with rounding)", s)
 	}
 	change := changeID(t, r.stdout)
 
@@ -142,6 +152,27 @@ func TestLabAPIServerTune(t *testing.T) {
 	}
 	if args := apiserverArgs(t, st, cp); !strings.Contains(args, "--max-requests-inflight=400") {
 		t.Errorf("after undo the apiserver runs with %q", args)
+	}
+}
+
+// statusSeats is apiserver status's seats for node (read from its
+// /metrics), waiting a little for an API server that just restarted.
+func statusSeats(t *testing.T, b *bgRun, node string) float64 {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r := b.run("apiserver", "status", "--nodes", node, "-o", "json")
+		var w struct {
+			Seats float64 `json:"seats"`
+		}
+		if r.code == 0 && json.Unmarshal([]byte(strings.TrimSpace(r.stdout)), &w) == nil && w.Seats > 0 {
+			return w.Seats
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("apiserver status --nodes %s: no seats from /metrics after 1m (exit %d)", node, r.code)
+			return 0
+		}
+		time.Sleep(2 * time.Second)
 	}
 }
 

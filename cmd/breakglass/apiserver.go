@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/apiprobe"
 	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/manifest"
 	"github.com/breakglass/breakglass/recover/change"
@@ -253,6 +254,11 @@ type apiserverStatusWire struct {
 	Livez    int               `json:"livez"`
 	Readyz   int               `json:"readyz"`
 	Process  string            `json:"process,omitempty"`
+	// Seats sums the priority levels' nominal concurrency limits, read
+	// from the node's /metrics: what --max-requests-inflight and
+	// --max-mutating-requests-inflight add up to, as the running API
+	// server applies them (0 when not read).
+	Seats float64 `json:"seats,omitempty"`
 	Problem  string            `json:"problem,omitempty"`
 }
 
@@ -268,7 +274,9 @@ func newCmdAPIServerStatus(d *Deps) *cobra.Command {
 role=control-plane) and show its --max-requests-inflight,
 --max-mutating-requests-inflight and --goaway-chance (or "-" where the
 flag is not set and the API server's default applies), its CPU and memory
-requests, whether it answers /livez and /readyz on the node, and the
+requests, whether it answers /livez and /readyz on the node, the sum of
+its priority levels' nominal concurrency seats from its /metrics (what the
+two inflight limits add up to in the running API server), and the
 kube-apiserver process running there (pid@start time).
 
 ` + apiserverExitCodes,
@@ -325,6 +333,15 @@ func runAPIServerStatus(ctx context.Context, d *Deps, o *apiserverOptions) error
 			if in, err := k.Watch.Instance(ctx, t); err == nil {
 				w.Process = in.ID
 			}
+			if nw, ok := k.Watch.(*steps.NodeAPIServer); ok && w.Readyz == 200 {
+				if out, err := k.Runner.Run(ctx, t, nodeops.Command{Line: apiprobe.Script(nw.Probe)}); err == nil {
+					if h, err := apiprobe.Parse(out.Stdout); err == nil {
+						for _, l := range h.Levels {
+							w.Seats += l.Seats
+						}
+					}
+				}
+			}
 			return w, nil
 		})
 	p := newPrinter(d.Out, d.Global.Output)
@@ -343,14 +360,21 @@ func runAPIServerStatus(ctx context.Context, d *Deps, o *apiserverOptions) error
 			continue
 		}
 		rows = append(rows, []string{w.Node, dash(w.Flags["max-requests-inflight"]), dash(w.Flags["max-mutating-requests-inflight"]),
-			dash(w.Flags["goaway-chance"]), dash(w.CPU), dash(w.Memory), code(w.Livez), code(w.Readyz), dash(w.Process), dash(w.Problem)})
+			dash(w.Flags["goaway-chance"]), dash(w.CPU), dash(w.Memory), code(w.Livez), code(w.Readyz), seats(w.Seats), dash(w.Process), dash(w.Problem)})
 	}
 	if p.Text() {
-		if err := p.Table([]string{"NODE", "INFLIGHT", "MUTATING", "GOAWAY", "CPU", "MEMORY", "LIVEZ", "READYZ", "PROCESS", "PROBLEM"}, rows); err != nil {
+		if err := p.Table([]string{"NODE", "INFLIGHT", "MUTATING", "GOAWAY", "CPU", "MEMORY", "LIVEZ", "READYZ", "SEATS", "PROCESS", "PROBLEM"}, rows); err != nil {
 			return err
 		}
 	}
 	return reads.err(ctx)
+}
+
+func seats(f float64) string {
+	if f == 0 {
+		return "-"
+	}
+	return fmt.Sprint(f)
 }
 
 func code(c int) string {
