@@ -258,8 +258,8 @@ type apiserverStatusWire struct {
 	// from the node's /metrics: what --max-requests-inflight and
 	// --max-mutating-requests-inflight add up to, as the running API
 	// server applies them (0 when not read).
-	Seats float64 `json:"seats,omitempty"`
-	Problem  string            `json:"problem,omitempty"`
+	Seats   float64 `json:"seats,omitempty"`
+	Problem string  `json:"problem,omitempty"`
 }
 
 // statusFlags are the flags apiserver status shows.

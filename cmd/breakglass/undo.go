@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/journal"
 	"github.com/breakglass/breakglass/recover/steps"
 )
@@ -90,11 +91,7 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 		if err != nil {
 			return err
 		}
-		defer r.close()
-		e, stream := r.engine(d)
-		defer stream.Close()
-		_, err = e.Undo(ctx, recs, o.ID, o.Force)
-		return err
+		return undoOn(ctx, d, r.engine, r.close, recs, o)
 	}
 	if found := journal.Find(recs, o.ID); manifestChange(found) != nil {
 		// An apiserver tune (or its undo): every node's manifest put back,
@@ -108,11 +105,7 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 		if err != nil {
 			return err
 		}
-		defer r.close()
-		e, stream := r.engine(d)
-		defer stream.Close()
-		_, err = e.Undo(ctx, recs, o.ID, o.Force)
-		return err
+		return undoOn(ctx, d, r.engine, r.close, recs, o)
 	}
 	if found := journal.Find(recs, o.ID); serviceChange(found) != nil {
 		// A kubelet stop: the kubelets started again (each waited for until
@@ -125,22 +118,14 @@ func runUndo(ctx context.Context, d *Deps, o *undoOptions) error {
 		if err != nil {
 			return err
 		}
-		defer r.close()
-		e, stream := r.engine(d)
-		defer stream.Close()
-		_, err = e.Undo(ctx, recs, o.ID, o.Force)
-		return err
+		return undoOn(ctx, d, r.engine, r.close, recs, o)
 	}
 	if found := journal.Find(recs, o.ID); len(found) > 0 && strings.HasPrefix(found[0].Op, "shed-") {
 		r, err := newShedRun(ctx, d, &shedOptions{nodes: o.pods.nodes, ssh: o.pods.ssh})
 		if err != nil {
 			return err
 		}
-		defer r.close()
-		e, stream := r.engine(d)
-		defer stream.Close()
-		_, err = e.Undo(ctx, recs, o.ID, o.Force)
-		return err
+		return undoOn(ctx, d, r.engine, r.close, recs, o)
 	}
 	found := journal.Find(recs, o.ID)
 	if len(found) > 0 && found[0].Op == steps.OpExec {
@@ -185,6 +170,16 @@ func manifestChange(recs []journal.Record) *journal.Record {
 		}
 	}
 	return nil
+}
+
+// undoOn undoes the change with the engine of a node command's run, then
+// closes the run.
+func undoOn(ctx context.Context, d *Deps, engine func(*Deps) (*change.Engine, *change.Stream), closeRun func() error, recs []journal.Record, o *undoOptions) error {
+	defer closeRun()
+	e, stream := engine(d)
+	defer stream.Close()
+	_, err := e.Undo(ctx, recs, o.ID, o.Force)
+	return err
 }
 
 // memberChange returns the first record of recs that added or removed an
