@@ -32,9 +32,10 @@ func newCmdAPIServerAdd(d *Deps) *cobra.Command {
 		Use:   "add --node NODE [--from NODE]",
 		Short: "Bring an API server up on a standby control-plane host, copied from a healthy one",
 		Long: `Add an API server to a kubeadm control plane: on NODE (a host with a kubelet and
-containerd, role standby in the inventory), from the manifest of a healthy
-control-plane node (--from, default the first control-plane node whose API
-server answers /livez and /readyz).
+containerd, role standby in the inventory), from the manifest of a
+control-plane node whose API server runs from it (--from, default the first
+control-plane node whose API server answers /livez and /readyz, else the
+first where one runs: a saturated one is a good source).
 
 The plan reads the source's manifest as a Pod and rewrites it for NODE:
 --advertise-address (and any flag that is the source's address), the
@@ -79,7 +80,7 @@ CHANGE-ID" takes the API server away and removes the files it wrote.
 		},
 	}
 	addMemberFlags(cmd, d, o)
-	cmd.Flags().StringVar(&o.from, "from", "", "the healthy control-plane node to copy from (default: the first whose API server answers)")
+	cmd.Flags().StringVar(&o.from, "from", "", "the control-plane node to copy from (default: the first whose API server answers, else the first where one runs)")
 	cmd.Flags().StringVar(&o.advertise, "advertise-address", "", "NODE's address for the API server (default: its inventory address, which must be an IP)")
 	return cmd
 }

@@ -70,9 +70,11 @@ func (k *APIServerMember) Host(name, flag string) (nodeops.Target, error) {
 	return nodeops.Target{}, fmt.Errorf("%s %s: not a control-plane or standby node of the inventory (those are: %s)", flag, name, strings.Join(names, ", "))
 }
 
-// HealthySource is the first control-plane node other than node whose API
-// server answers /livez and /readyz: what an add copies from by default.
+// HealthySource is what an add copies from by default: the first
+// control-plane node other than node whose API server answers /livez and
+// /readyz, else the first where one runs (a saturated one).
 func (k *APIServerMember) HealthySource(ctx context.Context, node string) (nodeops.Target, error) {
+	var running []nodeops.Target
 	for _, h := range k.Hosts {
 		if h.Name == node || !h.HasRole("control-plane") {
 			continue
@@ -83,8 +85,17 @@ func (k *APIServerMember) HealthySource(ctx context.Context, node string) (nodeo
 		if err == nil && l.OK() {
 			return h, nil
 		}
+		cctx, cancel = k.manifest().call(ctx)
+		in, err := k.Watch.Instance(cctx, h)
+		cancel()
+		if err == nil && in.ID != "" {
+			running = append(running, h)
+		}
 	}
-	return nodeops.Target{}, fmt.Errorf("no control-plane node's API server answers /livez and /readyz to copy from\nhint: name one (--from)")
+	if len(running) > 0 {
+		return running[0], nil
+	}
+	return nodeops.Target{}, fmt.Errorf("no control-plane node runs an API server to copy from\nhint: name one (--from)")
 }
 
 // APIServerMember adds and removes API servers of a static-pod control
@@ -180,19 +191,33 @@ func PlanAdd(k *APIServerMember, from, to nodeops.Target, advertise string) chan
 			advertise = to.Address
 		}
 		cctx, cancel := m.call(ctx)
-		live, err := k.Watch.Live(cctx, from)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("--from %s: ask its API server: %w", from.Name, err)
-		}
-		if !live.OK() {
-			return nil, change.Refusedf("--from %s: its API server is not healthy (%s): copy from one that answers /livez and /readyz", from.Name, live.String())
-		}
-		cctx, cancel = m.call(ctx)
 		src, err := manifest.Read(cctx, k.Runner, from, m.path())
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("--from %s: %w", from.Name, err)
+		}
+		// The source's manifest must be one an API server runs from: its
+		// process there, with the manifest's command line. A saturated
+		// one that does not answer in time is still a good source.
+		var notes []string
+		cctx, cancel = m.call(ctx)
+		inst, err := k.Watch.Instance(cctx, from)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("--from %s: look at its API server process: %w", from.Name, err)
+		}
+		if want := manifest.ArgvOf(src.Bytes); inst.ID == "" || (want != nil && inst.Args != nil && !slices.Equal(inst.Args, want)) {
+			return nil, change.Refusedf("--from %s: no API server runs there from %s: copy from a node whose API server runs from its manifest", from.Name, src.Path)
+		}
+		cctx, cancel = m.call(ctx)
+		live, err := k.Watch.Live(cctx, from)
+		cancel()
+		if err != nil || !live.OK() {
+			why := live.String()
+			if err != nil {
+				why = err.Error()
+			}
+			notes = append(notes, fmt.Sprintf("%s's API server runs from its manifest but does not answer /livez and /readyz in time (%s): saturated, it is still copied", from.Name, why))
 		}
 		cctx, cancel = m.call(ctx)
 		have, err := manifest.Read(cctx, k.Runner, to, m.path())
@@ -243,7 +268,7 @@ func PlanAdd(k *APIServerMember, from, to nodeops.Target, advertise string) chan
 			files = append(files, f)
 			byPath[f.Path] = f
 		}
-		var notes, minted []string
+		var minted []string
 		pv := func(name string) string { v, _ := manifest.FlagValue(pod, name); return v }
 		if crt, key := pv("tls-cert-file"), pv("tls-private-key-file"); crt != "" && key != "" {
 			fc := byPath[crt]

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/breakglass/breakglass/nodeops"
+	"github.com/breakglass/breakglass/nodeops/apiprobe"
 	"github.com/breakglass/breakglass/nodeops/manifest"
 	"github.com/breakglass/breakglass/nodeops/sshclient"
 	"github.com/breakglass/breakglass/nodeops/sshdtest"
@@ -385,4 +386,42 @@ func TestAPIServerRemoveOnRealSSHD(t *testing.T) {
 	if in, _ := f.kubelet.Instance(ctx, f.a); in.ID == "" {
 		t.Fatal("cp-a's API server is not back")
 	}
+}
+
+// TestAPIServerAddFromSaturatedSource: a source whose API server runs but
+// does not answer (saturated) is copied from, with a note; a source where
+// no API server runs from the manifest is refused.
+func TestAPIServerAddFromSaturatedSource(t *testing.T) {
+	f := newMemberFixture(t)
+	ctx := context.Background()
+	f.kubelet.broken = func(node string, _ []string) bool { return node == "cp-a" }
+	p, err := f.engine(true).Run(ctx, PlanAdd(f.kind, f.a, f.b, "10.0.0.11"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(p.Notes, func(n string) bool { return strings.Contains(n, "saturated, it is still copied") }) {
+		t.Errorf("no note about the saturated source: %q", p.Notes)
+	}
+	f.kubelet.broken = nil
+	// The "API server" of the fake runs the manifest's command line; one
+	// that runs another says the manifest is not what runs.
+	w := &argsWatch{fakeKubelet: f.kubelet, args: []string{"kube-apiserver", "--other"}}
+	f.kind.Watch = w
+	_, err = f.engine(true).Run(ctx, PlanAdd(f.kind, f.a, f.b, "10.0.0.11"))
+	var refused *change.RefusedError
+	if !errors.As(err, &refused) || !strings.Contains(err.Error(), "no API server runs there") {
+		t.Fatalf("source running another command line: %v, want refused", err)
+	}
+}
+
+// argsWatch is fakeKubelet with the instance's command line replaced.
+type argsWatch struct {
+	*fakeKubelet
+	args []string
+}
+
+func (w *argsWatch) Instance(ctx context.Context, t nodeops.Target) (apiprobe.Instance, error) {
+	in, err := w.fakeKubelet.Instance(ctx, t)
+	in.Args = w.args
+	return in, err
 }
