@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
@@ -191,5 +192,84 @@ func TestLabAPIServerAddRemove(t *testing.T) {
 	waitArgs(t, st, cp2, false)
 	if got := etcTree(t, cp2); !slices.Equal(got, before) {
 		t.Errorf("after undo %s's /etc/kubernetes is\n%v\nwas\n%v", cp2.Name, got, before)
+	}
+}
+
+// TestIncidentOverloadScaleOut is issue 11's last lever under the overload
+// incident: with cp-1's API server saturated, breakglass apiserver add
+// brings a second one up on cp-2, copied from the saturated cp-1. What an
+// ordinary user sees is printed before the incident, saturated, and after
+// the add through a round-robin of both API servers (the lab has no load
+// balancer, and its agents are pinned to cp-1's address); the requests cp-2
+// answers are within the SLO.
+func TestIncidentOverloadScaleOut(t *testing.T) {
+	l := incidentLab(t)
+	st := l.State
+	bin := os.Getenv("BREAKGLASS_BIN")
+	if bin == "" {
+		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
+	}
+	standby := st.HostsWithRole(lab.StandbyRole)
+	if len(standby) == 0 {
+		t.Skip("the lab has no standby host (lab up --standby=false)")
+	}
+	cp2 := standby[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.Remove(lab.APIServerManifest(cp2))
+		if err := l.Reset(context.Background(), testLog{t}); err != nil {
+			t.Errorf("reset: %v", err)
+		}
+	})
+	res, err := l.Overload(ctx, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := b.run("apiserver", "add", "--node", cp2.Name, "--yes", "-o", "json", "--journal", b.jnl, "--wait", "5m")
+	if add.code != 0 {
+		t.Fatalf("add under the incident: exit %d", add.code)
+	}
+	cp2URL := "https://" + cp2.Address + ":6443"
+	both, err := l.ProbeServers(ctx, "scaleout", 20, []string{st.APIServer, cp2URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onCP2, err := l.ProbeServers(ctx, "cp-2", 10, []string{cp2URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl strings.Builder
+	lab.WriteProbes(&tbl, []lab.Probe{res.Before, res.After, both, onCP2})
+	t.Logf("an ordinary user (oncall), %dm CPU on cp-1's API server; scaleout: round-robin over cp-1 and cp-2 after apiserver add:\n%s", res.CPUMillis, tbl.String())
+	fmt.Printf("overload scale-out (%dm CPU on cp-1):\n%s", res.CPUMillis, tbl.String())
+	if onCP2.Missed() > 1 {
+		t.Errorf("cp-2's API server: %d of %d requests missed the %s SLO: %+v", onCP2.Missed(), onCP2.Requests, lab.SLO, onCP2)
+	}
+	if both.Missed() >= res.After.Missed()+3 {
+		t.Errorf("behind a round-robin of both, %d of %d missed; saturated, %d of %d", both.Missed(), both.Requests, res.After.Missed(), res.After.Requests)
+	}
+	// While cp-1 does not answer in time, taking cp-2 away would leave no
+	// API server that does: refused (exit 4). Once the incident is over,
+	// undone.
+	u := b.run("undo", changeID(t, add.stdout), "--yes", "--journal", b.jnl)
+	if u.code == 4 {
+		if !strings.Contains(u.stderr, "would leave none") {
+			t.Errorf("undo refused for another reason: %s", u.stderr)
+		}
+		if err := l.Reset(ctx, testLog{t}); err != nil {
+			t.Fatalf("reset: %v", err)
+		}
+		u = b.run("undo", changeID(t, add.stdout), "--yes", "--journal", b.jnl)
+	}
+	if u.code != 0 {
+		t.Errorf("undo of the add: exit %d", u.code)
+	}
+	if args := waitArgs(t, st, cp2, false); args != "" {
+		t.Errorf("an API server still runs on cp-2")
 	}
 }

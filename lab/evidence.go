@@ -39,6 +39,20 @@ type Probe struct {
 // and without client-go's automatic retries on 429 so that each refusal
 // counts.
 func (l *Lab) probeAPI(ctx context.Context, phase string, n int, timeout time.Duration) (Probe, error) {
+	return l.probeServers(ctx, phase, n, timeout, []string{l.State.APIServer})
+}
+
+// ProbeServers is Probe spread over several API servers in turn, as an
+// ordinary user behind a round-robin load balancer sees them (servers are
+// URLs, https://10.77.0.11:6443).
+func (l *Lab) ProbeServers(ctx context.Context, phase string, n int, servers []string) (Probe, error) {
+	if len(servers) == 0 {
+		return Probe{}, fmt.Errorf("no API server to probe")
+	}
+	return l.probeServers(ctx, phase, n, 5*time.Second, servers)
+}
+
+func (l *Lab) probeServers(ctx context.Context, phase string, n int, timeout time.Duration, servers []string) (Probe, error) {
 	p := Probe{Phase: phase, Requests: n}
 	cfg, err := clientcmd.BuildConfigFromFlags("", l.State.OncallKubeconfig)
 	if err != nil {
@@ -51,7 +65,7 @@ func (l *Lab) probeAPI(ctx context.Context, phase string, n int, timeout time.Du
 	hc := &http.Client{Transport: rt, Timeout: timeout}
 	var lat []time.Duration
 	for i := 0; i < n; i++ {
-		req, _ := http.NewRequestWithContext(ctx, "GET", l.State.APIServer+"/api/v1/pods?limit=500", nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", servers[i%len(servers)]+"/api/v1/pods?limit=500", nil)
 		start := time.Now()
 		resp, err := hc.Do(req)
 		d := time.Since(start)
