@@ -72,11 +72,12 @@ const (
 // in turn, until an ordinary user's requests miss the SLO: the loosest
 // cap that the load saturates. A cap is CPU time, and what a millicore
 // does depends on the machine: on a faster one 50m left most requests
-// within the SLO (p50 600 ms); on a slower one 50m was below what the
-// idle API server itself needs once kubelets run its static pod and a
-// standby host (80-130m after an incident), so it never recovered when
-// the load was gone. Starting loose keeps it saturated under the load
-// and able to recover without it.
+// within the SLO (p50 600 ms); on a slower one 50m and 100m were below
+// what the idle API server itself used after the incident (100-125m,
+// with the load gone, as its static pod on cp-1), so once the offender
+// was held it never recovered (8 minutes at 100m; 3 seconds once the cap
+// was lifted). Starting loose keeps it saturated under the load (200m:
+// none of 20 requests answered) and able to recover without it.
 var overloadCaps = []int{200, 140, 100, 70, 50, 40, 32, 25}
 
 // overloadSpec is the apiserver's spec during the overload incident: the
