@@ -339,7 +339,7 @@ func (l *Lab) setAPIServerSpec(ctx context.Context, spec Spec) error {
 	cp := l.State.Hosts[0]
 	cur, err := apiserverCommand(cp)
 	restart := err != nil || !slices.Equal(cur, spec.Argv)
-	old := processArgvs(spec.Argv[0])
+	old := processArgvs(cp, spec.Argv[0])
 	if restart {
 		if err := writeAPIServerManifest(cp, spec); err != nil {
 			return err

@@ -75,10 +75,11 @@ func describeCounts(cs []NodeCount) string {
 	return strings.Join(parts, " ")
 }
 
-// processArgvs returns the command lines, by PID, of every process on the
-// machine whose program is bin. The lab's hosts share the machine's PID
-// namespace, so this sees the components of every host.
-func processArgvs(bin string) map[int][]string {
+// processArgvs returns the command lines, by PID, of the processes of
+// h's pods whose program is bin. The lab's hosts share the machine's PID
+// namespace, so a process's cgroup (under h's kubelet's cgroup root) says
+// which host runs it: cp-2's API server, once added, is not cp-1's.
+func processArgvs(h Host, bin string) map[int][]string {
 	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	out := map[int][]string{}
 	for _, p := range dirs {
@@ -87,10 +88,15 @@ func processArgvs(bin string) map[int][]string {
 			continue
 		}
 		argv := strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
-		if argv[0] == bin {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			out[pid] = argv
+		if argv[0] != bin {
+			continue
 		}
+		cg, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cgroup"))
+		if err != nil || !strings.Contains(string(cg), cgroupRoot(h)+"/") {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		out[pid] = argv
 	}
 	return out
 }
@@ -102,7 +108,7 @@ func processArgvs(bin string) map[int][]string {
 // or the cap was set in place.
 func onlyNewRunning(h Host, want Spec, old map[int][]string, restarted bool) (bool, string) {
 	name := filepath.Base(want.Argv[0])
-	procs := processArgvs(want.Argv[0])
+	procs := processArgvs(h, want.Argv[0])
 	if len(procs) != 1 {
 		return false, fmt.Sprintf("%d %s processes run", len(procs), name)
 	}

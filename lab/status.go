@@ -71,9 +71,9 @@ func (l *Lab) Status(ctx context.Context) Status {
 		}
 		if _, err := os.Stat(APIServerManifest(h)); err == nil {
 			// A static pod of the host's kubelet, not a supervised
-			// process: running when its process runs on the machine.
+			// process: running when its process runs in the host's pods.
 			hs.Components["kube-apiserver (static pod)"] = "stopped"
-			if len(processArgvs(apiserverExe)) > 0 {
+			if len(processArgvs(h, apiserverExe)) > 0 {
 				hs.Components["kube-apiserver (static pod)"] = "running"
 			}
 		}
