@@ -425,3 +425,55 @@ func (w *argsWatch) Instance(ctx context.Context, t nodeops.Target) (apiprobe.In
 	in.Args = w.args
 	return in, err
 }
+
+// TestAPIServerAddCrashUndo: an add whose outcome never reached the
+// journal (breakglass killed after writing) is undone from its intent:
+// the manifest and every file it wrote are taken away again (the
+// directories it made stay: the intent does not know them).
+func TestAPIServerAddCrashUndo(t *testing.T) {
+	f := newMemberFixture(t)
+	ctx := context.Background()
+	before := f.tree(t, "cp-b")
+	p, err := f.engine(false).Run(ctx, PlanAdd(f.kind, f.a, f.b, "10.0.0.11"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Drop the outcome: what a crash between the write and the journal
+	// leaves.
+	b, err := os.ReadFile(f.journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if strings.Contains(l, `"type":"outcome"`) && strings.Contains(l, p.ID) {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	if n := strings.Count(strings.TrimSpace(string(b)), "\n") + 1; len(kept) != n-1 {
+		t.Fatalf("dropped %d journal lines, want the one outcome", n-len(kept))
+	}
+	if err := os.WriteFile(f.journal, []byte(strings.Join(kept, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := journal.Read(f.journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.engine(false).Undo(ctx, recs, p.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range f.tree(t, "cp-b") {
+		if !strings.HasPrefix(l, "pki/etcd ") {
+			got = append(got, l)
+		}
+	}
+	if !slices.Equal(got, before) {
+		t.Fatalf("after the undo of a crashed add cp-b has %v, was %v", got, before)
+	}
+	if in, _ := f.kubelet.Instance(ctx, f.b); in.ID != "" {
+		t.Fatal("an API server still runs on cp-b")
+	}
+}
