@@ -97,7 +97,7 @@ else
 	run all BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_BIN="$BIN" \
 		"$GO" test -count=1 -v -timeout 30m ./...
 	run incidents BREAKGLASS_LAB="$LAB_DIR/lab.json" BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_BIN="$BIN" \
-		"$GO" test -count=1 -v -timeout 50m -run 'TestIncident|TestLabKubeletStopStart|TestLabAPIServerTune|TestLabAPIServerAddRemove' ./lab/
+		"$GO" test -count=1 -v -timeout 60m -run 'TestIncident|TestLabKubeletStopStart|TestLabAPIServerTune|TestLabAPIServerAddRemove' ./lab/
 	# lab down removes the lab's logs: keep what a failure needs first.
 	if [ "$failed" != 0 ]; then
 		# The API server is cp-1's static pod: its log is the kubelet's.
