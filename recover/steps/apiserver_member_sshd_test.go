@@ -160,11 +160,7 @@ func newMemberFixture(t *testing.T) *memberFixture {
 }
 
 func (f *memberFixture) engine(dryRun bool) *change.Engine {
-	e := &change.Engine{Emit: func(ev change.Event) { f.events = append(f.events, ev) }, DryRun: dryRun,
-		OpenJournal: func() (*journal.Journal, error) { return journal.Open(f.journal, nil) },
-		NewID:       func() string { return journal.NewID(time.Now()) }}
-	e.Register(f.kind)
-	return e
+	return testEngine(f.journal, &f.events, dryRun, f.kind)
 }
 
 // tree lists every file under the node's directory with its mode.

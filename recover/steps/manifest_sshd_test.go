@@ -132,10 +132,16 @@ func newTuneFixture(t *testing.T, nodes int) *tuneFixture {
 }
 
 func (f *tuneFixture) engine(dryRun bool) *change.Engine {
-	e := &change.Engine{Emit: func(ev change.Event) { f.events = append(f.events, ev) }, DryRun: dryRun,
-		OpenJournal: func() (*journal.Journal, error) { return journal.Open(f.journal, nil) },
+	return testEngine(f.journal, &f.events, dryRun, f.kind)
+}
+
+// testEngine is a change engine of one kind, journaling to path and
+// keeping its events.
+func testEngine(path string, events *[]change.Event, dryRun bool, k change.Kind) *change.Engine {
+	e := &change.Engine{Emit: func(ev change.Event) { *events = append(*events, ev) }, DryRun: dryRun,
+		OpenJournal: func() (*journal.Journal, error) { return journal.Open(path, nil) },
 		NewID:       func() string { return journal.NewID(time.Now()) }}
-	e.Register(f.kind)
+	e.Register(k)
 	return e
 }
 
