@@ -198,33 +198,25 @@ func newManifestRun(ctx context.Context, d *Deps, o *apiserverOptions, backupDir
 	if len(targets) == 0 {
 		return nil, usagef("no nodes selected\nhint: the inventory marks control-plane nodes with roles: [control-plane]; or pass --nodes")
 	}
-	r, err := newRunner(d, &o.ssh)
+	env, closeRunner, err := d.nodeEnv(&o.ssh)
 	if err != nil {
 		return nil, err
 	}
-	env := d.stepsEnv(&o.ssh)
-	env.Runner = r
 	k := env.Manifest(targets, o.manifestPath(d), backupDir)
 	if err := k.Check(); err != nil {
-		r.Close()
+		closeRunner()
 		return nil, usagef("%v", err)
 	}
-	return &manifestRun{kind: k, targets: targets, close: r.Close}, nil
+	return &manifestRun{kind: k, targets: targets, close: closeRunner}, nil
 }
 
 // engine returns an engine with only the manifest kind, printing its
 // events; in text, each node's start is said on stderr, for the wait
 // that follows it.
 func (r *manifestRun) engine(d *Deps) (*change.Engine, *change.Stream) {
-	ep := &eventPrinter{d: d, p: newPrinter(d.Out, d.Global.Output)}
-	e, stream := d.newEngineWith(func(ev change.Event) {
-		if s, ok := ev.(change.ItemStarted); ok && ep.p.Text() {
-			fmt.Fprintf(d.ErrOut, "%s: writing the manifest; waiting up to %s for its API server to restart and answer /livez and /readyz\n", s.Item.Target.Node, r.kind.Wait)
-		}
-		ep.print(ev)
+	return d.kindEngine(r.kind, func(change.ItemStarted) string {
+		return fmt.Sprintf("writing the manifest; waiting up to %s for its API server to restart and answer /livez and /readyz", r.kind.Wait)
 	})
-	e.Register(r.kind)
-	return e, stream
 }
 
 func runAPIServerTune(ctx context.Context, d *Deps, o *apiserverTuneOptions) error {

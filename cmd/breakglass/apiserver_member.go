@@ -148,20 +148,18 @@ func newMemberRun(ctx context.Context, d *Deps, o *apiserverMemberOptions) (*mem
 	if err != nil {
 		return nil, err
 	}
-	r, err := newRunner(d, &o.ssh)
+	env, closeRunner, err := d.nodeEnv(&o.ssh)
 	if err != nil {
 		return nil, err
 	}
-	env := d.stepsEnv(&o.ssh)
-	env.Runner = r
 	peers := steps.MemberPeers(all, o.node)
 	k := env.APIServerMember(peers, o.manifest, o.backupDir)
 	k.Wait, k.Poll = o.wait, o.poll
 	if err := k.Check(); err != nil {
-		r.Close()
+		closeRunner()
 		return nil, usagef("%v", err)
 	}
-	return &memberRun{kind: k, hosts: peers, close: r.Close}, nil
+	return &memberRun{kind: k, hosts: peers, close: closeRunner}, nil
 }
 
 func (r *memberRun) host(name, flag string) (nodeops.Target, error) {
@@ -173,15 +171,9 @@ func (r *memberRun) host(name, flag string) (nodeops.Target, error) {
 }
 
 func (r *memberRun) engine(d *Deps) (*change.Engine, *change.Stream) {
-	ep := &eventPrinter{d: d, p: newPrinter(d.Out, d.Global.Output)}
-	e, stream := d.newEngineWith(func(ev change.Event) {
-		if s, ok := ev.(change.ItemStarted); ok && ep.p.Text() {
-			fmt.Fprintf(d.ErrOut, "%s: %s; waiting up to %s for its API server\n", s.Item.Target.Node, s.Item.Summary, r.kind.Wait)
-		}
-		ep.print(ev)
+	return d.kindEngine(r.kind, func(s change.ItemStarted) string {
+		return fmt.Sprintf("%s; waiting up to %s for its API server", s.Item.Summary, r.kind.Wait)
 	})
-	e.Register(r.kind)
-	return e, stream
 }
 
 func runAPIServerAdd(ctx context.Context, d *Deps, o *apiserverMemberOptions) error {

@@ -59,13 +59,11 @@ func newServiceRun(ctx context.Context, d *Deps, o *serviceOptions) (*serviceRun
 	if err != nil {
 		return nil, err
 	}
-	r, err := newRunner(d, &o.ssh)
+	env, closeRunner, err := d.nodeEnv(&o.ssh)
 	if err != nil {
 		return nil, err
 	}
-	env := d.stepsEnv(&o.ssh)
-	env.Runner = r
-	sr := &serviceRun{cps: cps, all: all, close: r.Close}
+	sr := &serviceRun{cps: cps, all: all, close: closeRunner}
 	if etcdConfigured(ctx, d) {
 		if st, err := d.Etcd(ctx); err == nil {
 			env.Store = st
@@ -77,17 +75,14 @@ func newServiceRun(ctx context.Context, d *Deps, o *serviceOptions) (*serviceRun
 	}
 	sr.kind = env.Service(all, steps.ServiceOptions{ControllerManagerManifest: o.cmManifest, BackupDir: o.backupDir, Wait: o.wait})
 	if err := sr.kind.Check(); err != nil {
-		r.Close()
+		closeRunner()
 		return nil, usagef("%v", err)
 	}
 	return sr, nil
 }
 
 func (r *serviceRun) engine(d *Deps) (*change.Engine, *change.Stream) {
-	ep := &eventPrinter{d: d, p: newPrinter(d.Out, d.Global.Output)}
-	e, stream := d.newEngineWith(ep.print)
-	e.Register(r.kind)
-	return e, stream
+	return d.kindEngine(r.kind, nil)
 }
 
 // withNote adds the lease note to a plan.

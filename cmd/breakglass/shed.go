@@ -67,25 +67,20 @@ func newShedRun(ctx context.Context, d *Deps, o *shedOptions) (*shedRun, error) 
 	if err != nil {
 		return nil, err
 	}
-	r, err := newRunner(d, &o.ssh)
+	if err := steps.ValidateFirewall(o.firewall); err != nil {
+		return nil, usagef("--firewall %v", err)
+	}
+	env, closeRunner, err := d.nodeEnv(&o.ssh)
 	if err != nil {
 		return nil, err
 	}
-	if err := steps.ValidateFirewall(o.firewall); err != nil {
-		r.Close()
-		return nil, usagef("--firewall %v", err)
-	}
-	env := d.stepsEnv(&o.ssh)
-	env.Runner = r
 	kind := env.Nft(targets)
 	kind.Firewall = o.firewall
-	return &shedRun{env: env, kind: kind, targets: targets, close: r.Close}, nil
+	return &shedRun{env: env, kind: kind, targets: targets, close: closeRunner}, nil
 }
 
 func (r *shedRun) engine(d *Deps) (*change.Engine, *change.Stream) {
-	e, stream := d.newEngine()
-	e.Register(r.kind)
-	return e, stream
+	return d.kindEngine(r.kind, nil)
 }
 
 // --- shed apply
