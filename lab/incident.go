@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -80,6 +81,33 @@ const (
 // none of 20 requests answered) and able to recover without it.
 var overloadCaps = []int{200, 140, 100, 70, 50, 40, 32, 25}
 
+// overloadCapFile holds the cap that saturated the apiserver in the last
+// overload incident of this lab: the next one starts its search there, so
+// a machine where the first caps are loose pays for them once per lab,
+// not once per incident (a minute each). lab down removes it with the lab.
+func (l *Lab) overloadCapFile() string { return filepath.Join(l.State.Dir, "overload-cpu-millis") }
+
+// lastOverloadCap is the cap in overloadCapFile, 0 when there is none or
+// it is not one of overloadCaps.
+func (l *Lab) lastOverloadCap() int {
+	b, err := os.ReadFile(l.overloadCapFile())
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !slices.Contains(overloadCaps, n) {
+		return 0
+	}
+	return n
+}
+
+func (l *Lab) rememberOverloadCap(cpu int) {
+	tmp := l.overloadCapFile() + ".tmp"
+	if os.WriteFile(tmp, []byte(strconv.Itoa(cpu)+"\n"), 0o644) == nil {
+		os.Rename(tmp, l.overloadCapFile())
+	}
+}
+
 // overloadSpec is the apiserver's spec during the overload incident: the
 // lab's default flags, with its CPU capped at cpuMillis.
 func (l *Lab) overloadSpec(cpuMillis int) Spec {
@@ -155,7 +183,13 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		return res, err
 	}
 
-	for i, cpu := range overloadCaps {
+	caps := overloadCaps
+	if last := l.lastOverloadCap(); last > 0 {
+		i := slices.Index(overloadCaps, last)
+		caps = overloadCaps[i:]
+		logf("the last overload incident in this lab saturated the apiserver at %dm: starting there (%s)", last, l.overloadCapFile())
+	}
+	for i, cpu := range caps {
 		logf("capping the apiserver at %dm CPU (API Priority and Fairness stays on, in its default configuration)", cpu)
 		if err := l.setAPIServerSpec(ctx, l.overloadSpec(cpu)); err != nil {
 			return res, err
@@ -167,9 +201,10 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		}
 		if err == nil {
 			res.CPUMillis = cpu
+			l.rememberOverloadCap(cpu)
 			break
 		}
-		if i == len(overloadCaps)-1 || ctx.Err() != nil {
+		if i == len(caps)-1 || ctx.Err() != nil {
 			return res, err
 		}
 		logf("%s at %dm: tightening the cap", firstLine(err.Error()), cpu)
@@ -249,7 +284,7 @@ func (l *Lab) saturatedEvidence(ctx context.Context, logf func(string, ...any), 
 	var p Probe
 	for i := 0; i < series; i++ {
 		var err error
-		if p, err = l.probeAPI(ctx, "after", 20, 5*time.Second); err != nil {
+		if p, err = l.probeServers(ctx, "after", 20, 4, 5*time.Second, []string{l.State.APIServer}); err != nil {
 			return p, err
 		}
 		if 2*p.Missed() >= p.Requests {

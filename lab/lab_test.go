@@ -301,3 +301,25 @@ func TestHostCPUCap(t *testing.T) {
 		}
 	}
 }
+
+// The overload incident starts its cap search at the cap that saturated
+// the apiserver last time in this lab; a missing or foreign value starts
+// it from the loosest.
+func TestOverloadCapRemembered(t *testing.T) {
+	l := &Lab{State: &State{Dir: t.TempDir()}}
+	if got := l.lastOverloadCap(); got != 0 {
+		t.Fatalf("no file: %d, want 0", got)
+	}
+	l.rememberOverloadCap(70)
+	if got := l.lastOverloadCap(); got != 70 {
+		t.Fatalf("remembered 70, read %d", got)
+	}
+	for _, bad := range []string{"", "abc", "33", "-1"} {
+		if err := os.WriteFile(l.overloadCapFile(), []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.lastOverloadCap(); got != 0 {
+			t.Errorf("file %q: %d, want 0 (not one of overloadCaps)", bad, got)
+		}
+	}
+}
