@@ -203,15 +203,15 @@ func TestLabAPIServerAddRemove(t *testing.T) {
 	}
 }
 
-// TestIncidentOverloadScaleOut is issue 11's last lever under the overload
-// incident: with cp-1's API server saturated, breakglass apiserver add
-// brings a second one up on cp-2, copied from the saturated cp-1. What an
-// ordinary user sees is printed before the incident, saturated, and after
-// the add through a round-robin of both API servers (the lab has no load
-// balancer, and its agents are pinned to cp-1's address); the requests cp-2
-// answers are within the SLO.
-func TestIncidentOverloadScaleOut(t *testing.T) {
-	l := incidentLab(t)
+// scaleOutOverload is issue 11's last lever under the overload incident,
+// a subtest of TestIncidentOverload: with cp-1's API server saturated,
+// breakglass apiserver add brings a second one up on cp-2, copied from the
+// saturated cp-1. What an ordinary user sees is printed before the
+// incident, saturated, and after the add through a round-robin of both API
+// servers (the lab has no load balancer, and its agents are pinned to
+// cp-1's address); the requests cp-2 answers are within the SLO. It ends
+// the incident (lab incident reset) to undo the add.
+func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult) {
 	st := l.State
 	bin := os.Getenv("BREAKGLASS_BIN")
 	if bin == "" {
@@ -228,16 +228,8 @@ func TestIncidentOverloadScaleOut(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		os.Remove(lab.APIServerManifest(cp2))
-		if err := l.Reset(context.Background(), testLog{t}); err != nil {
-			t.Errorf("reset: %v", err)
-		}
-	})
-	res, err := l.Overload(ctx, testLog{t})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Whatever failed: no API server left on cp-2 for the tests after.
+	t.Cleanup(func() { os.Remove(lab.APIServerManifest(cp2)) })
 	add := b.run("apiserver", "add", "--node", cp2.Name, "--yes", "-o", "json", "--journal", b.jnl, "--wait", "5m")
 	if add.code != 0 {
 		t.Fatalf("add under the incident: exit %d", add.code)

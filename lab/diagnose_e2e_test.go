@@ -83,27 +83,14 @@ func healthy(t *testing.T, st *lab.State) {
 	}
 }
 
-// TestIncidentDiagnoseOverload is issue 12's test on the real cluster: a
-// healthy lab has no suspect; under the overload incident the telemetry
+// diagnoseOverload is issue 12's test on the real cluster, a subtest of
+// TestIncidentOverload (a healthy lab has no suspect: checked there before
+// the incident): under the overload incident the telemetry
 // DaemonSet is the top suspect, with connections from every worker seen
 // in each worker's /proc and named through its containerd, and the selector
-// the levers take; after the reset the lab is healthy again.
-func TestIncidentDiagnoseOverload(t *testing.T) {
-	l := incidentLab(t)
+// the levers take.
+func diagnoseOverload(t *testing.T, l *lab.Lab) {
 	st := l.State
-	healthy(t, st)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	reset := func() {
-		if err := l.Reset(context.Background(), testLog{t}); err != nil {
-			t.Errorf("reset: %v", err)
-		}
-	}
-	t.Cleanup(reset)
-	if _, err := l.Overload(ctx, testLog{t}); err != nil {
-		t.Fatal(err)
-	}
 	rep := diagnosis(t, st)
 	ref := lab.TelemetryNamespace + "/" + lab.TelemetryDaemonSet
 	top := rep.Suspect
@@ -163,9 +150,6 @@ func TestIncidentDiagnoseOverload(t *testing.T) {
 			t.Errorf("without containerd: notes %q", rep.Notes)
 		}
 	}
-
-	reset()
-	healthy(t, st)
 }
 
 // TestIncidentDiagnosePreemption: under the 2019 cascade the new
