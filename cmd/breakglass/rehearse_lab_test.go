@@ -31,6 +31,14 @@ func TestLabRehearse(t *testing.T) {
 		t.Fatal(err)
 	}
 	jnl := filepath.Join(t.TempDir(), "journal.jsonl")
+	// With the lab's standby host, the runbook's add step brings a second
+	// API server up on it (issue 11's lever in issue 13's runbook).
+	args := []string{"rehearse", "apiserver-overload", "--yes", "-o", "json", "--dir", st.Dir, "--journal", jnl}
+	var standby *lab.Host
+	if hs := l.State.HostsWithRole(lab.StandbyRole); len(hs) > 0 {
+		standby = &hs[0]
+		args = append(args, "--param", "standby="+standby.Name)
+	}
 	undoDir := t.TempDir()
 	var runID string
 	t.Cleanup(func() {
@@ -43,12 +51,20 @@ func TestLabRehearse(t *testing.T) {
 				t.Errorf("runbook undo %s: %v\n%s", runID, err, b)
 			}
 		}
+		if standby != nil {
+			// Undo of the add took the manifest away; whatever failed, no
+			// API server is left on the standby for the tests after.
+			if _, err := os.Stat(lab.APIServerManifest(*standby)); err == nil {
+				t.Errorf("%s still has an API server manifest after runbook undo", standby.Name)
+				os.Remove(lab.APIServerManifest(*standby))
+			}
+		}
 		if err := l.Reset(context.Background(), testWriter{t}); err != nil {
 			t.Errorf("reset: %v", err)
 		}
 	})
 
-	cmd, out, errOut := startBinary(t, nil, "rehearse", "apiserver-overload", "--yes", "-o", "json", "--dir", st.Dir, "--journal", jnl)
+	cmd, out, errOut := startBinary(t, nil, args...)
 	// The incident takes up to a few minutes to start, the runbook under
 	// two to recover (issue 13): a hung rehearsal fails the test, not the
 	// whole run.
@@ -117,4 +133,20 @@ func TestLabRehearse(t *testing.T) {
 		t.Errorf("after the rehearsal: %v", err)
 	}
 	t.Logf("oncall after the rehearsal: %s", p)
+
+	if standby == nil {
+		t.Log("the lab has no standby host (lab up --standby=false): the add step is not exercised")
+		return
+	}
+	added := false
+	for _, c := range reh.Changes {
+		added = added || c.StepID == "add"
+	}
+	if !added {
+		t.Errorf("no change of the add step among %+v", reh.Changes)
+	}
+	url := "https://" + standby.Address + ":6443"
+	if p, err := l.ProbeServers(ctx, "standby", 3, []string{url}); err != nil || p.OK != p.Requests {
+		t.Errorf("%s's API server after the rehearsal: %s, %v", standby.Name, p, err)
+	}
 }
