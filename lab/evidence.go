@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -40,7 +39,7 @@ type Probe struct {
 // and without client-go's automatic retries on 429 so that each refusal
 // counts.
 func (l *Lab) probeAPI(ctx context.Context, phase string, n int, timeout time.Duration) (Probe, error) {
-	return l.probeServers(ctx, phase, n, 1, timeout, []string{l.State.APIServer})
+	return l.probeServers(ctx, phase, n, timeout, []string{l.State.APIServer})
 }
 
 // ProbeServers is Probe spread over several API servers in turn, as an
@@ -50,15 +49,10 @@ func (l *Lab) ProbeServers(ctx context.Context, phase string, n int, servers []s
 	if len(servers) == 0 {
 		return Probe{}, fmt.Errorf("no API server to probe")
 	}
-	return l.probeServers(ctx, phase, n, 1, 5*time.Second, servers)
+	return l.probeServers(ctx, phase, n, 5*time.Second, servers)
 }
 
-// probeServers sends n requests, parallel at a time (one user with that
-// many kubectl commands open). A saturated API server lets most requests
-// time out, so a series of 20 one at a time takes 100 s; the incident's
-// evidence of saturation takes them four at a time. Everything that
-// measures recovery asks one at a time.
-func (l *Lab) probeServers(ctx context.Context, phase string, n, parallel int, timeout time.Duration, servers []string) (Probe, error) {
+func (l *Lab) probeServers(ctx context.Context, phase string, n int, timeout time.Duration, servers []string) (Probe, error) {
 	p := Probe{Phase: phase, Requests: n}
 	cfg, err := clientcmd.BuildConfigFromFlags("", l.State.OncallKubeconfig)
 	if err != nil {
@@ -69,63 +63,36 @@ func (l *Lab) probeServers(ctx context.Context, phase string, n, parallel int, t
 		return p, err
 	}
 	hc := &http.Client{Transport: rt, Timeout: timeout}
-	var (
-		mu   sync.Mutex
-		lat  []time.Duration
-		next int
-	)
-	one := func(i int) {
+	var lat []time.Duration
+	for i := 0; i < n; i++ {
 		req, _ := http.NewRequestWithContext(ctx, "GET", servers[i%len(servers)]+"/api/v1/pods?limit=500", nil)
 		start := time.Now()
 		resp, err := hc.Do(req)
 		d := time.Since(start)
-		status := 0
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			status = resp.StatusCode
-		}
-		mu.Lock()
-		defer mu.Unlock()
 		lat = append(lat, d)
 		switch {
 		case ctx.Err() != nil:
+			return p, ctx.Err()
 		case err != nil && isTimeout(err):
 			p.TimedOut++
 		case err != nil:
 			p.Failed++
-		case status == http.StatusTooManyRequests:
-			p.Throttled++
-		case status < 300:
-			p.OK++
-			if d >= SLO {
-				p.Slow++
-			}
 		default:
-			p.Failed++
-		}
-	}
-	var wg sync.WaitGroup
-	for w := 0; w < max(1, min(parallel, n)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				i := next
-				next++
-				mu.Unlock()
-				if i >= n || ctx.Err() != nil {
-					return
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == http.StatusTooManyRequests:
+				p.Throttled++
+			case resp.StatusCode < 300:
+				p.OK++
+				if d >= SLO {
+					p.Slow++
 				}
-				one(i)
-				sleepCtx(ctx, 100*time.Millisecond)
+			default:
+				p.Failed++
 			}
-		}()
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return p, err
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p.P50 = lat[len(lat)/2].Round(time.Millisecond)

@@ -284,7 +284,7 @@ func (l *Lab) saturatedEvidence(ctx context.Context, logf func(string, ...any), 
 	var p Probe
 	for i := 0; i < series; i++ {
 		var err error
-		if p, err = l.probeServers(ctx, "after", 20, 4, 5*time.Second, []string{l.State.APIServer}); err != nil {
+		if p, err = l.probeAPI(ctx, "after", 20, 5*time.Second); err != nil {
 			return p, err
 		}
 		if 2*p.Missed() >= p.Requests {
