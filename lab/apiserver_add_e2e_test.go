@@ -120,7 +120,7 @@ func TestLabAPIServerAddRemove(t *testing.T) {
 	}
 	// No key is in the journal, as bytes or as base64.
 	jb, _ := os.ReadFile(b.jnl)
-	for _, f := range []string{"pki/apiserver.key", "pki/sa.key", "pki/apiserver-etcd-client.key", "admin.conf"} {
+	for _, f := range []string{"pki/apiserver.key", "pki/sa.key", "pki/apiserver-etcd-client.key", "admin.conf", "super-admin.conf"} {
 		k, err := os.ReadFile(filepath.Join(cp2.Root, "etc", "kubernetes", f))
 		if err != nil {
 			t.Fatalf("%s: %v", cp2.Name, err)

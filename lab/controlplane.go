@@ -80,7 +80,16 @@ func (l *Lab) writeControlPlanePKI() error {
 	if err := kc(root("/etc/kubernetes/scheduler.conf"), "system:kube-scheduler", nil); err != nil {
 		return err
 	}
-	if err := kc(root("/etc/kubernetes/admin.conf"), "kubernetes-admin", []string{"system:masters"}); err != nil {
+	// As kubeadm (1.29 and later) writes them: admin.conf is a cluster
+	// admin through RBAC (group kubeadm:cluster-admins, bound to
+	// cluster-admin by bootstrapObjects), super-admin.conf is
+	// system:masters, which RBAC cannot take away and API Priority and
+	// Fairness exempts: what breakglass asks a saturated API server with
+	// on the node (apiprobe.DefaultKubeconfigs, super-admin.conf first).
+	if err := kc(root("/etc/kubernetes/admin.conf"), "kubernetes-admin", []string{"kubeadm:cluster-admins"}); err != nil {
+		return err
+	}
+	if err := kc(root("/etc/kubernetes/super-admin.conf"), "kubernetes-super-admin", []string{"system:masters"}); err != nil {
 		return err
 	}
 	// The operator's copies, in the lab directory.
@@ -229,14 +238,20 @@ func (l *Lab) waitAPIServer(ctx context.Context, timeout time.Duration) error {
 	return fmt.Errorf("apiserver not ready after %s: %v\nhint: see its static pod's logs, %s, and cp-1's kubelet's, %s", timeout, last, l.apiserverLogs(), filepath.Join(l.State.Dir, "logs", "cp-1-kubelet.log"))
 }
 
-// bootstrapObjects creates what kubeadm would: the oncall user's binding and
-// the apiserver's access to kubelets.
+// bootstrapObjects creates what kubeadm would: admin.conf's group bound to
+// cluster-admin, the oncall user's binding and the apiserver's access to
+// kubelets.
 func (l *Lab) bootstrapObjects(ctx context.Context) error {
 	c, err := l.client()
 	if err != nil {
 		return err
 	}
 	bindings := []*rbacv1.ClusterRoleBinding{
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:cluster-admins"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
+			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: "kubeadm:cluster-admins"}},
+		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Name: "breakglass-lab:oncall"},
 			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},

@@ -235,3 +235,42 @@ func TestLabInventoryLoads(t *testing.T) {
 		}
 	}
 }
+
+// cp-1's admin kubeconfigs are kubeadm's: admin.conf a cluster admin
+// through RBAC (kubeadm:cluster-admins), super-admin.conf system:masters;
+// both work, through the real apiserver.
+func TestLabAdminKubeconfigsAreKubeadms(t *testing.T) {
+	s := labtest.Lab(t)
+	cp := s.Hosts[0]
+	for file, group := range map[string]string{"admin.conf": "kubeadm:cluster-admins", "super-admin.conf": "system:masters"} {
+		path := filepath.Join(cp.Root, "etc/kubernetes", file)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatalf("%s: %v", cp.Name, err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", file, fi.Mode().Perm())
+		}
+		out, err := exec.Command(s.Binaries.Kubectl, "--kubeconfig", path, "--server", s.APIServer, "--request-timeout=30s", "auth", "whoami", "-o", "json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl auth whoami with %s: %v\n%s", file, err, out)
+		}
+		var who struct {
+			Status struct {
+				UserInfo struct {
+					Groups []string `json:"groups"`
+				} `json:"userInfo"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal(out, &who); err != nil {
+			t.Fatal(err)
+		}
+		groups := strings.Join(who.Status.UserInfo.Groups, ",")
+		if !strings.Contains(","+groups+",", ","+group+",") || (group != "system:masters" && strings.Contains(groups, "system:masters")) {
+			t.Errorf("%s: groups %s, want %s", file, groups, group)
+		}
+		if out, err := exec.Command(s.Binaries.Kubectl, "--kubeconfig", path, "--server", s.APIServer, "--request-timeout=30s", "auth", "can-i", "*", "*").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "yes" {
+			t.Errorf("%s: can-i '*' '*': %s %v", file, out, err)
+		}
+	}
+}

@@ -153,6 +153,17 @@ users:
 		t.Errorf("levels: %+v", h.Levels)
 	}
 
+	// With both, super-admin.conf (system:masters on kubeadm 1.29+, which
+	// APF exempts) is the one asked.
+	super := filepath.Join(dir, "super-admin.conf")
+	b, _ := os.ReadFile(kc)
+	os.WriteFile(super, b, 0o600)
+	out, _ = exec.Command("sh", "-c", script).CombinedOutput()
+	if h, err = apiprobe.Parse(out); err != nil || h.Kubeconfig != super || !h.Ready {
+		t.Errorf("with super-admin.conf and admin.conf: %+v %v, want %s asked\n%s", h, err, super, out)
+	}
+	os.Remove(super)
+
 	// Without a client certificate the server refuses: the problem is
 	// reported, the probe does not fail.
 	os.WriteFile(kc, []byte(fmt.Sprintf("clusters:\n- cluster:\n    certificate-authority-data: %s\n", b64(caPair.cert))), 0o600)
