@@ -101,11 +101,8 @@ func (l *Lab) lastOverloadCap() int {
 	return n
 }
 
-func (l *Lab) rememberOverloadCap(cpu int) {
-	tmp := l.overloadCapFile() + ".tmp"
-	if os.WriteFile(tmp, []byte(strconv.Itoa(cpu)+"\n"), 0o644) == nil {
-		os.Rename(tmp, l.overloadCapFile())
-	}
+func (l *Lab) rememberOverloadCap(cpu int) error {
+	return writeAtomic(l.overloadCapFile(), []byte(strconv.Itoa(cpu)+"\n"), 0o644)
 }
 
 // overloadSpec is the apiserver's spec during the overload incident: the
@@ -201,7 +198,9 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 		}
 		if err == nil {
 			res.CPUMillis = cpu
-			l.rememberOverloadCap(cpu)
+			if err := l.rememberOverloadCap(cpu); err != nil {
+				logf("could not keep the cap for the next incident (it will search from %dm again): %v", overloadCaps[0], err)
+			}
 			break
 		}
 		if i == len(caps)-1 || ctx.Err() != nil {

@@ -310,7 +310,9 @@ func TestOverloadCapRemembered(t *testing.T) {
 	if got := l.lastOverloadCap(); got != 0 {
 		t.Fatalf("no file: %d, want 0", got)
 	}
-	l.rememberOverloadCap(70)
+	if err := l.rememberOverloadCap(70); err != nil {
+		t.Fatal(err)
+	}
 	if got := l.lastOverloadCap(); got != 70 {
 		t.Fatalf("remembered 70, read %d", got)
 	}

@@ -103,12 +103,7 @@ func (s *State) Save() error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(s.Dir, StateFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeAtomic(filepath.Join(s.Dir, StateFile), append(b, '\n'), 0o644)
 }
 
 // Host returns the host with the given name.

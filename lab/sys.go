@@ -50,6 +50,16 @@ func writeFile(path string, data []byte, mode os.FileMode) error {
 	return os.WriteFile(path, data, mode)
 }
 
+// writeAtomic writes data to path through a temporary file beside it and a
+// rename, so that a reader sees the old bytes or the new, never a part.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 func requireTools(tools ...string) error {
 	var missing []string
 	for _, t := range tools {
