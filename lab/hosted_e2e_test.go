@@ -108,7 +108,10 @@ func waitWorkload(t *testing.T, st *lab.State, name, what string, cond func(work
 
 // deployJSON is a Deployment of pods no node can run (a node selector no
 // node matches): the controllers act on it, nothing is scheduled.
-func deployJSON(name, ownerUID string) string {
+func deployJSON(name, ownerUID string) string { return deployJSONIn(hostedNS, name, ownerUID) }
+
+// deployJSONIn is deployJSON in the namespace ns.
+func deployJSONIn(ns, name, ownerUID string) string {
 	owner := ""
 	if ownerUID != "" {
 		owner = fmt.Sprintf(`,"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"hcp","uid":%q,"controller":true}]`, ownerUID)
@@ -116,7 +119,7 @@ func deployJSON(name, ownerUID string) string {
 	return fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":%q,"namespace":%q%s},
 "spec":{"replicas":1,"selector":{"matchLabels":{"app":%q}},"template":{"metadata":{"labels":{"app":%q}},
 "spec":{"nodeSelector":{"breakglass.io/no-such-node":"true"},"containers":[{"name":"kube-apiserver","image":%q,"imagePullPolicy":"Never"}]}}}}`,
-		name, hostedNS, owner, name, name, lab.PauseImage)
+		name, ns, owner, name, name, lab.PauseImage)
 }
 
 // TestLabHostedAPIServerScale is issue 11's hosted scale on the real

@@ -147,6 +147,32 @@ func TestLabKubeletStopStart(t *testing.T) {
 	if n := ownProcs(t, st, cp, "kube-controller"); len(n) == 0 {
 		t.Fatalf("before: no kube-controller-manager runs on %s", cp.Name)
 	}
+	// A hosted control plane's controller-manager, as a Deployment in the
+	// "hosting cluster" (the lab's own: the real controller-manager on
+	// cp-1 acts on it): every round scales it to 0 first and puts it back
+	// last. A second one, owned by an operator object (a ConfigMap stands
+	// in), is refused.
+	kubectl(t, st, deployJSONIn(ns, "kube-controller-manager", ""), "apply", "-f", "-")
+	kubectl(t, st, `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"hcp","namespace":"`+ns+`"}}`, "apply", "-f", "-")
+	hcpUID := strings.TrimSpace(kubectl(t, st, "", "get", "configmap", "-n", ns, "hcp", "-o", "jsonpath={.metadata.uid}"))
+	kubectl(t, st, deployJSONIn(ns, "kcm-owned", hcpUID), "apply", "-f", "-")
+	hosted := ns + "/kube-controller-manager"
+	hostedAt := func(what string, want int) {
+		t.Helper()
+		waitCond(t, fmt.Sprintf("%s: the hosted controller-manager at %d replicas with %d pods", what, want, want), 2*time.Minute, func() (bool, string) {
+			out, err := tryKubectl(st, "get", "deployment", "-n", ns, "kube-controller-manager", "-o", "jsonpath={.spec.replicas} {.status.replicas}")
+			if err != nil {
+				return false, err.Error()
+			}
+			pods, err := tryKubectl(st, "get", "pods", "-n", ns, "-l", "app=kube-controller-manager", "-o", "name")
+			if err != nil {
+				return false, err.Error()
+			}
+			n := len(strings.Fields(pods))
+			return strings.HasPrefix(out, fmt.Sprintf("%d ", want)) && n == want, fmt.Sprintf("replicas and status %q, pods %d", out, n)
+		})
+	}
+	hostedAt("before", 1)
 
 	// Refusals and the dry run change nothing.
 	if r := b.run("kubelet", "stop", "--nodes", "role=control-plane", "--yes", "--journal", b.jnl); r.code != 4 || !strings.Contains(r.stderr, "control-plane") {
@@ -155,9 +181,15 @@ func TestLabKubeletStopStart(t *testing.T) {
 	if r := b.run("kubelet", "stop", "--nodes", "role=worker", "--fraction", "0", "--journal", b.jnl); r.code != 2 || !strings.Contains(r.stderr, "--fraction") {
 		t.Fatalf("kubelet stop --fraction 0: exit %d, want 2 naming the flag", r.code)
 	}
-	dry := b.run("kubelet", "stop", "--nodes", "role=worker", "--fraction", "0.5", "--dry-run", "--journal", b.jnl)
-	if dry.code != 0 || !strings.Contains(dry.stdout+dry.stderr, "kube-controller-manager") {
-		t.Fatalf("dry run: exit %d, want 0 and the controller-manager in the plan", dry.code)
+	if r := b.run("kubelet", "stop", "--nodes", "role=worker", "--controller-manager-object", ns+"/kcm-owned", "--yes", "--journal", b.jnl); r.code != 4 || !strings.Contains(r.stderr, "owned by ConfigMap v1 "+ns+"/hcp") {
+		t.Fatalf("kubelet stop with an owned hosted controller-manager: exit %d, want 4 naming its owner", r.code)
+	}
+	if r := b.run("kubelet", "stop", "--nodes", "role=worker", "--controller-manager-object", "kcm-owned", "--journal", b.jnl); r.code != 2 || !strings.Contains(r.stderr, "--controller-manager-object") {
+		t.Fatalf("kubelet stop --controller-manager-object NAME: exit %d, want 2 naming the flag", r.code)
+	}
+	dry := b.run("kubelet", "stop", "--nodes", "role=worker", "--fraction", "0.5", "--controller-manager-object", hosted, "--dry-run", "--journal", b.jnl)
+	if dry.code != 0 || !strings.Contains(dry.stdout+dry.stderr, "kube-controller-manager") || !strings.Contains(dry.stdout+dry.stderr, "kube-controller-manager: replicas 1 -> 0") {
+		t.Fatalf("dry run: exit %d, want 0 and the controller-manager and the hosted one's replicas in the plan", dry.code)
 	}
 	if _, err := os.Stat(b.jnl); err == nil {
 		t.Fatalf("the dry run wrote the journal")
@@ -165,9 +197,10 @@ func TestLabKubeletStopStart(t *testing.T) {
 	if len(ownProcs(t, st, cp, "kube-controller")) == 0 || len(ownProcs(t, st, workers[0], "kubelet")) == 0 {
 		t.Fatalf("the dry run stopped something")
 	}
+	hostedAt("after the refusals and the dry run", 1)
 
 	// Stop half the workers (rounded down, at least one: the first by name).
-	r := b.run("kubelet", "stop", "--nodes", "role=worker", "--fraction", "0.5", "--yes", "--journal", b.jnl)
+	r := b.run("kubelet", "stop", "--nodes", "role=worker", "--fraction", "0.5", "--controller-manager-object", hosted, "--yes", "--journal", b.jnl)
 	if r.code != 0 {
 		t.Fatalf("kubelet stop: exit %d", r.code)
 	}
@@ -177,6 +210,7 @@ func TestLabKubeletStopStart(t *testing.T) {
 	}
 	n := max(len(workers)/2, 1)
 	stopped, running := workers[:n], workers[n:]
+	hostedAt("after the stop", 0)
 	if p := ownProcs(t, st, cp, "kube-controller"); len(p) != 0 {
 		t.Fatalf("after stop: kube-controller-manager still runs on %s (%v)", cp.Name, p)
 	}
@@ -234,6 +268,7 @@ func TestLabKubeletStopStart(t *testing.T) {
 	if len(ownProcs(t, st, cp, "kube-controller")) == 0 {
 		t.Fatalf("after undo: no kube-controller-manager on %s", cp.Name)
 	}
+	hostedAt("after the undo", 1)
 	after := clusterView(t, st, ns)
 	for _, w := range stopped {
 		if !after.leaseTime[w.Name].After(during.leaseTime[w.Name]) {
@@ -257,7 +292,7 @@ func TestLabKubeletStopStart(t *testing.T) {
 
 	// Second round: kubelet start and controller-manager restore.
 	last := workers[len(workers)-1]
-	if r := b.run("kubelet", "stop", "--nodes", last.Name, "--yes", "--journal", b.jnl); r.code != 0 {
+	if r := b.run("kubelet", "stop", "--nodes", last.Name, "--controller-manager-object", hosted, "--yes", "--journal", b.jnl); r.code != 0 {
 		t.Fatalf("kubelet stop %s: exit %d", last.Name, r.code)
 	}
 	if len(ownProcs(t, st, last, "kubelet")) != 0 || len(ownProcs(t, st, cp, "kube-controller")) != 0 {
@@ -272,9 +307,11 @@ func TestLabKubeletStopStart(t *testing.T) {
 	if len(ownProcs(t, st, cp, "kube-controller")) != 0 {
 		t.Fatalf("kubelet start put the controller-manager back: that is restore's")
 	}
-	if r := b.run("controller-manager", "restore", "--yes", "--journal", b.jnl); r.code != 0 {
+	hostedAt("after the second stop and kubelet start", 0)
+	if r := b.run("controller-manager", "restore", "--controller-manager-object", hosted, "--yes", "--journal", b.jnl); r.code != 0 {
 		t.Fatalf("controller-manager restore: exit %d", r.code)
 	}
+	hostedAt("after restore", 1)
 	if len(ownProcs(t, st, cp, "kube-controller")) == 0 {
 		t.Fatalf("controller-manager restore: no kube-controller-manager on %s", cp.Name)
 	}
@@ -298,6 +335,7 @@ steps:
     params:
       nodes: [role=worker]
       fraction: "0.5"
+      controllerManagerObject: `+hosted+`
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -324,6 +362,7 @@ steps:
 	if len(ownProcs(t, st, cp, "kube-controller")) != 0 {
 		t.Fatalf("runbook kubelet-stop: the controller-manager still runs on %s", cp.Name)
 	}
+	hostedAt("after the runbook's kubelet-stop", 0)
 	for _, w := range stopped {
 		if len(ownProcs(t, st, w, "kubelet")) != 0 {
 			t.Errorf("runbook kubelet-stop: the kubelet still runs on %s", w.Name)
@@ -340,4 +379,5 @@ steps:
 	if len(ownProcs(t, st, cp, "kube-controller")) == 0 {
 		t.Fatalf("after runbook undo: no kube-controller-manager on %s", cp.Name)
 	}
+	hostedAt("after the runbook's undo", 1)
 }

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"strings"
 
 	"github.com/spf13/cobra"
 
-	"github.com/breakglass/breakglass/etcd"
 	"github.com/breakglass/breakglass/recover/change"
 	"github.com/breakglass/breakglass/recover/steps"
 )
@@ -99,26 +97,10 @@ func apiserverTarget(d *Deps, object string) (steps.Object, error) {
 		return steps.Object{}, usagef("no hosted API server to scale\n" +
 			"hint: pass --object [deployment|statefulset/]NAMESPACE/NAME, or set apiserver.deployment: NAMESPACE/NAME in the inventory")
 	}
-	parts := strings.Split(object, "/")
-	var t steps.Object
-	switch len(parts) {
-	case 2:
-	case 3:
-		r, err := etcd.NewLayout("").Lookup(parts[0])
-		if err != nil {
-			return t, usagef("%s %q: %v", from, object, err)
-		}
-		if g := r.GroupResource(); g != "deployments.apps" && g != "statefulsets.apps" {
-			return t, usagef("%s %q: a hosted API server is a deployment or a statefulset, not %s", from, object, g)
-		}
-		t.Resource, parts = r, parts[1:]
-	default:
-		return t, usagef("%s %q: want [deployment|statefulset/]NAMESPACE/NAME", from, object)
+	t, err := steps.ParseHosted(object)
+	if err != nil {
+		return t, usagef("%s %q: %v", from, object, err)
 	}
-	if parts[0] == "" || parts[1] == "" {
-		return t, usagef("%s %q: want [deployment|statefulset/]NAMESPACE/NAME", from, object)
-	}
-	t.Namespace, t.Name = parts[0], parts[1]
 	return t, nil
 }
 

@@ -34,9 +34,12 @@ type serviceOptions struct {
 	ssh        sshFlags
 	cpNodes    []string
 	cmManifest string
-	backupDir  string
-	wait       time.Duration
-	force      bool
+	// cmObject is --controller-manager-object: a hosted
+	// controller-manager (else the inventory's controllerManager.deployment).
+	cmObject  string
+	backupDir string
+	wait      time.Duration
+	force     bool
 }
 
 // serviceRun is the nodes and the service kind of one command.
@@ -64,7 +67,20 @@ func newServiceRun(ctx context.Context, d *Deps, o *serviceOptions) (*serviceRun
 		return nil, err
 	}
 	sr := &serviceRun{cps: cps, all: all, close: closeRunner}
-	if etcdConfigured(ctx, d) {
+	hosted, err := env.HostedControllerManager("--controller-manager-object", o.cmObject)
+	if err != nil {
+		closeRunner()
+		return nil, usagef("%v", err)
+	}
+	if hosted != nil {
+		// Its replicas are written in etcd: no etcd, no change.
+		st, err := d.Etcd(ctx)
+		if err != nil {
+			closeRunner()
+			return nil, fmt.Errorf("the hosted controller-manager %s is scaled through etcd: %w", hosted.Ref(), err)
+		}
+		env.Store = st
+	} else if etcdConfigured(ctx, d) {
 		if st, err := d.Etcd(ctx); err == nil {
 			env.Store = st
 		} else {
@@ -73,7 +89,8 @@ func newServiceRun(ctx context.Context, d *Deps, o *serviceOptions) (*serviceRun
 	} else {
 		sr.leaseNote = "no etcd configured: kubelets' leases are not checked, a started kubelet counts as back once it runs (give etcd flags or an inventory with etcd to wait for the lease)"
 	}
-	sr.kind = env.Service(all, steps.ServiceOptions{ControllerManagerManifest: o.cmManifest, BackupDir: o.backupDir, Wait: o.wait})
+	sr.kind = env.Service(all, steps.ServiceOptions{ControllerManagerManifest: o.cmManifest, BackupDir: o.backupDir, Wait: o.wait,
+		HostedControllerManager: hosted})
 	if err := sr.kind.Check(); err != nil {
 		closeRunner()
 		return nil, usagef("%v", err)
@@ -82,7 +99,12 @@ func newServiceRun(ctx context.Context, d *Deps, o *serviceOptions) (*serviceRun
 }
 
 func (r *serviceRun) engine(d *Deps) (*change.Engine, *change.Stream) {
-	return d.kindEngine(r.kind, nil)
+	e, stream := d.kindEngine(r.kind, nil)
+	if r.kind.Etcd != nil {
+		// A hosted controller-manager's replicas, and their undo.
+		e.Register(r.kind.Etcd)
+	}
+	return e, stream
 }
 
 // withNote adds the lease note to a plan.
@@ -169,6 +191,7 @@ where etcd is configured) and then puts the controller-manager back.
 	}
 	addServiceFlagsD(cmd, d, &o.serviceOptions)
 	cmd.Flags().Float64Var(&o.fraction, "fraction", 1, "stop only this fraction of the selected nodes (the first by name, rounded down, at least one)")
+	addHostedCMFlag(cmd, &o.serviceOptions, "scaled to 0 in etcd before the kubelets stop")
 	cmd.Flags().BoolVar(&o.force, "force", false, "stop control-plane nodes' kubelets too, and go ahead when the controller-manager cannot be moved aside")
 	return cmd
 }
@@ -183,6 +206,11 @@ func addServiceFlagsD(cmd *cobra.Command, d *Deps, o *serviceOptions) {
 	f.DurationVar(&o.wait, "wait", 2*time.Minute, "how long one node may take to stop or start")
 	addEtcdFlags(cmd, d)
 	addJournalFlag(cmd, d)
+}
+
+// addHostedCMFlag adds --controller-manager-object.
+func addHostedCMFlag(cmd *cobra.Command, o *serviceOptions, what string) {
+	cmd.Flags().StringVar(&o.cmObject, "controller-manager-object", "", "a hosted control plane's controller-manager, `[deployment|statefulset/]NAMESPACE/NAME` in the hosting cluster's etcd, "+what+" (default: the inventory's controllerManager.deployment)")
 }
 
 func runKubeletStop(ctx context.Context, d *Deps, o *kubeletStopOptions) error {
@@ -313,6 +341,7 @@ NotReady and evict its pods. Start them first (breakglass kubelet start).
 	}
 	addServiceFlagsD(cmd, d, o)
 	cmd.Flags().BoolVar(&o.force, "force", false, "put it back even while some kubelets do not run (their nodes will be evicted)")
+	addHostedCMFlag(cmd, o, "its replicas put back from the journal's kubelet stop")
 	return cmd
 }
 

@@ -4,9 +4,12 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,17 +28,30 @@ type Server struct {
 // the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
-	cfg.UnsafeNoFsync = true
-	cu, pu := freeURL(t), freeURL(t)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
+	// A free port is found by listening on port 0 and closing it, so
+	// another process (a parallel test, the lab) may take it before etcd
+	// binds it: that start is retried with other ports.
+	var e *embed.Etcd
+	var cu url.URL
+	for attempt := 1; ; attempt++ {
+		cfg := embed.NewConfig()
+		cfg.Dir = t.TempDir()
+		cfg.Logger = "zap"
+		cfg.LogLevel = "error"
+		cfg.UnsafeNoFsync = true
+		var pu url.URL
+		cu, pu = freeURL(t), freeURL(t)
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+		cfg.InitialCluster = cfg.Name + "=" + pu.String()
+		var err error
+		e, err = embed.StartEtcd(cfg)
+		if err == nil {
+			break
+		}
+		if attempt < 5 && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")) {
+			continue
+		}
 		t.Fatalf("embedded etcd: %v", err)
 	}
 	t.Cleanup(e.Close)

@@ -25,6 +25,9 @@ type Inventory struct {
 	SSH       SSH       `yaml:"ssh"`
 	Etcd      Etcd      `yaml:"etcd"`
 	APIServer APIServer `yaml:"apiserver"`
+	// ControllerManager says where a hosted control plane's
+	// controller-manager runs.
+	ControllerManager ControllerManager `yaml:"controllerManager"`
 	// Containerd says where each node's containerd listens.
 	Containerd Containerd `yaml:"containerd"`
 	Nodes      []Node     `yaml:"nodes"`
@@ -79,6 +82,14 @@ type APIServer struct {
 	// Manifest is the static-pod manifest on control-plane nodes.
 	Manifest string `yaml:"manifest"`
 	// Deployment is NAMESPACE/NAME of a hosted API server.
+	Deployment string `yaml:"deployment"`
+}
+
+// ControllerManager says where the controller-manager runs when it is not
+// on the control-plane nodes.
+type ControllerManager struct {
+	// Deployment is NAMESPACE/NAME of a hosted controller-manager (a
+	// Deployment or StatefulSet in the hosting cluster's etcd).
 	Deployment string `yaml:"deployment"`
 }
 
@@ -299,6 +310,9 @@ func (inv *Inventory) validate() error {
 	}
 	if d := inv.APIServer.Deployment; d != "" && strings.Count(d, "/") != 1 {
 		return inv.errorAt("apiserver.deployment", "%q: want NAMESPACE/NAME", d)
+	}
+	if d := inv.ControllerManager.Deployment; d != "" && (strings.Count(d, "/") != 1 || strings.HasPrefix(d, "/") || strings.HasSuffix(d, "/")) {
+		return inv.errorAt("controllerManager.deployment", "%q: want NAMESPACE/NAME", d)
 	}
 	seen := map[string]int{}
 	for i, n := range inv.Nodes {

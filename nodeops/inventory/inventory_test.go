@@ -38,6 +38,7 @@ func TestParseErrors(t *testing.T) {
 		{"cert without key", "etcd:\n  cert: " + key + "\n", 2, "etcd.cert", "cert and key must be given together"},
 		{"tunnel to unknown node", "etcd:\n  tunnel: cp-9\nnodes:\n  - name: cp-1\n    address: 10.0.0.2\n", 2, "etcd.tunnel", `"cp-9" is not a node`},
 		{"deployment not ns/name", "apiserver:\n  deployment: kube-apiserver\n", 2, "apiserver.deployment", "NAMESPACE/NAME"},
+		{"controller-manager not ns/name", "controllerManager:\n  deployment: hosted/kcm/x\n", 2, "controllerManager.deployment", "NAMESPACE/NAME"},
 		{"nodes not a list", "nodes:\n  name: a\n", 2, "nodes", "want a list"},
 		{"node without name", "nodes:\n  - address: 10.0.0.1\n", 2, "nodes[0]", "no name"},
 		{"node without address", "nodes:\n  - name: a\n", 2, "nodes[0]", "no address"},

@@ -22,6 +22,7 @@ import (
 var serviceParams = []ParamSpec{
 	{Name: "controlPlane", Type: "list", Default: steps.ShedNodes, Doc: "the control-plane nodes the controller-manager runs on"},
 	{Name: "controllerManagerManifest", Type: "string", Doc: "the controller-manager's file on the control-plane nodes (default: kubeadm's, the lab's, else its systemd unit)"},
+	{Name: "controllerManagerObject", Type: "string", Doc: "a hosted control plane's controller-manager, [deployment|statefulset/]NAMESPACE/NAME in the hosting cluster's etcd: scaled to 0 before kubelets stop, back on restore (default: the inventory's controllerManager.deployment)"},
 	{Name: "backupDir", Type: "string", Doc: "where the nodes keep files moved aside (default " + steps.DefaultServiceBackupDir + ")"},
 	{Name: "wait", Type: "duration", Default: "2m", Doc: "how long one node may take to stop or start"},
 }
@@ -50,7 +51,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return &Action{Kinds: []change.Kind{k}, Planner: steps.PlanKubeletStop(k.Service, cps, selected, f, force), Result: changeResult}, nil
+			return &Action{Kinds: k.kinds(), Planner: steps.PlanKubeletStop(k.Service, cps, selected, f, force), Result: changeResult}, nil
 		}})
 	RegisterStep(StepType{Name: "kubelet-start", Summary: "start the kubelet again where it does not run, each waited for until it renewed its lease",
 		Params: append([]ParamSpec{nodesParam}, serviceParams...),
@@ -91,7 +92,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return &Action{Kinds: []change.Kind{k}, Planner: steps.PlanControllerManagerRestore(k.Service, cps, workers, recs, force), Result: changeResult}, nil
+			return &Action{Kinds: k.kinds(), Planner: steps.PlanControllerManagerRestore(k.Service, cps, workers, recs, force), Result: changeResult}, nil
 		}})
 	RegisterStep(StepType{Name: "apiserver-tune", Summary: "edit the API server's static-pod manifest on the control-plane nodes, one node at a time, each rolled back if it does not come back",
 		Params: []ParamSpec{
@@ -124,11 +125,18 @@ func serviceKind(ctx context.Context, s *Session, a Args) (runbookService, []nod
 	if err != nil {
 		return runbookService{}, nil, fmt.Errorf("controlPlane: %w", err)
 	}
+	hosted, err := s.Env.HostedControllerManager("controllerManagerObject", a.String("controllerManagerObject"))
+	if err != nil {
+		return runbookService{}, nil, err
+	}
 	if _, err := s.Store(ctx); err != nil {
+		if hosted != nil {
+			return runbookService{}, nil, fmt.Errorf("the hosted controller-manager %s is scaled through etcd: %w", hosted.Ref(), err)
+		}
 		s.Note("kubelets' leases are not checked (%v): a started kubelet counts as back once it runs", firstLine(err.Error()))
 	}
 	k := s.Env.Service(s.allNodes(ctx), steps.ServiceOptions{ControllerManagerManifest: a.String("controllerManagerManifest"),
-		BackupDir: a.String("backupDir"), Wait: wait})
+		BackupDir: a.String("backupDir"), Wait: wait, HostedControllerManager: hosted})
 	if err := k.Check(); err != nil {
 		return runbookService{}, nil, err
 	}
@@ -206,6 +214,15 @@ func prepareTune(ctx context.Context, s *Session, a Args) (*Action, error) {
 // engines, which hold other kinds too: they own their own ops only, not
 // every "undo" as they do in a command's engine of their own.
 type runbookService struct{ *steps.Service }
+
+// kinds are the service kind and, where etcd is open, the etcd kind a
+// hosted controller-manager's replicas are written with.
+func (k runbookService) kinds() []change.Kind {
+	if k.Etcd != nil {
+		return []change.Kind{k, k.Etcd}
+	}
+	return []change.Kind{k}
+}
 
 func (runbookService) OwnsOp(op string) bool {
 	switch op {

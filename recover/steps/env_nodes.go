@@ -1,12 +1,14 @@
 package steps
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/apiprobe"
 	"github.com/breakglass/breakglass/nodeops/manifest"
 	"github.com/breakglass/breakglass/nodeops/service"
+	"github.com/breakglass/breakglass/recover/change"
 )
 
 // The kinds that change files and services on nodes over SSH (the API
@@ -28,6 +30,9 @@ type ServiceOptions struct {
 	BackupDir string
 	// Wait bounds how long one node may take to stop or start (0: 2m).
 	Wait time.Duration
+	// HostedControllerManager is a hosted control plane's
+	// controller-manager (Env.HostedControllerManager), or nil.
+	HostedControllerManager *Object
 }
 
 // Service returns the service kind for targets (every node a change may
@@ -43,8 +48,28 @@ func (e *Env) Service(targets []nodeops.Target, o ServiceOptions) *Service {
 		CallTimeout: e.Fanout.Timeout, Concurrency: e.Fanout.Concurrency}
 	if e.Store != nil {
 		k.Leases = EtcdLeases{Store: e.Store}
+		k.Etcd = &change.Etcd{Store: e.Store}
 	}
+	k.HostedControllerManager = o.HostedControllerManager
 	return k
+}
+
+// HostedControllerManager is the hosted controller-manager named by flag
+// (what flagName calls it, in errors), else by the inventory's
+// controllerManager.deployment; nil when neither names one.
+func (e *Env) HostedControllerManager(flagName, flag string) (*Object, error) {
+	from := flagName
+	if flag == "" && e.Inventory != nil && e.Inventory.ControllerManager.Deployment != "" {
+		flag, from = e.Inventory.ControllerManager.Deployment, "inventory "+e.Inventory.Path+": controllerManager.deployment"
+	}
+	if flag == "" {
+		return nil, nil
+	}
+	o, err := ParseHosted(flag)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %v", from, flag, err)
+	}
+	return &o, nil
 }
 
 // Manifest returns the API server manifest kind for targets: the

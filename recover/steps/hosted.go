@@ -121,12 +121,12 @@ func OwnersOf(m metav1.Object) []Owner {
 func isController(r metav1.OwnerReference) bool { return r.Controller != nil && *r.Controller }
 
 // knownOwner says, for the owner kinds of the hosted control planes, who
-// acts for them and where their API server's replicas come from.
+// acts for them and where their control plane's replicas come from.
 func knownOwner(o Owner) (manager, instead string) {
 	group := schema.FromAPIVersionAndKind(o.APIVersion, o.Kind).Group
 	switch {
 	case group == "hypershift.openshift.io" && o.Kind == "HostedControlPlane":
-		return "HyperShift's control-plane-operator", fmt.Sprintf("the HostedCluster of %s (HyperShift sets the API server's replicas from its controllerAvailabilityPolicy)", o)
+		return "HyperShift's control-plane-operator", fmt.Sprintf("the HostedCluster of %s (HyperShift sets the control plane's replicas from its controllerAvailabilityPolicy)", o)
 	case group == "kamaji.clastix.io" && o.Kind == "TenantControlPlane":
 		return "Kamaji", fmt.Sprintf("spec.controlPlane.deployment.replicas of %s", o)
 	case group == "k0smotron.io" && o.Kind == "Cluster":
@@ -168,9 +168,9 @@ func markers(m metav1.Object) []Owner {
 	var out []Owner
 	if v, ok := labels[hypershiftManagedBy]; ok {
 		o := Owner{Manager: "HyperShift's " + dashIfEmpty(v), Via: ViaMarker, Evidence: "label " + hypershiftManagedBy + "=" + v,
-			Instead: "the HostedCluster of namespace " + ns + " (HyperShift sets the API server's replicas from its controllerAvailabilityPolicy)"}
+			Instead: "the HostedCluster of namespace " + ns + " (HyperShift sets the control plane's replicas from its controllerAvailabilityPolicy)"}
 		if hc := ann[hypershiftCluster]; strings.Count(hc, "/") == 1 {
-			o.Instead = "HostedCluster " + hc + " (HyperShift sets the API server's replicas from its controllerAvailabilityPolicy)"
+			o.Instead = "HostedCluster " + hc + " (HyperShift sets the control plane's replicas from its controllerAvailabilityPolicy)"
 		}
 		out = append(out, o)
 	} else if k, ok := prefixed(labels, ann, "hypershift.openshift.io/"); ok {
@@ -332,6 +332,13 @@ func hpaTarget(d *etcd.Decoded) (kind, name, apiVersion, bounds string, ok bool)
 // ResolveAPIServer finds a hosted API server given as NAMESPACE/NAME: its
 // Deployment, else its StatefulSet. o.Resource, when set, is used as is.
 func ResolveAPIServer(ctx context.Context, s *etcd.Store, o Object) (Object, error) {
+	return ResolveHosted(ctx, s, o, "API server")
+}
+
+// ResolveHosted finds a hosted control plane's component (role: "API
+// server", "controller-manager") given as NAMESPACE/NAME: its Deployment,
+// else its StatefulSet. o.Resource, when set, is used as is.
+func ResolveHosted(ctx context.Context, s *etcd.Store, o Object, role string) (Object, error) {
 	if o.Resource.Name != "" {
 		return o, nil
 	}
@@ -352,9 +359,36 @@ func ResolveAPIServer(ctx context.Context, s *etcd.Store, o Object) (Object, err
 		}
 		keys = append(keys, key)
 	}
-	return o, fmt.Errorf("no hosted API server %s: neither deployment %s nor statefulset %s is in etcd (no key %s or %s)\n"+
+	return o, fmt.Errorf("no hosted %s %s: neither deployment %s nor statefulset %s is in etcd (no key %s or %s)\n"+
 		"hint: check the name (breakglass get deployments,statefulsets -n %s) and --etcd-prefix; this etcd must be the hosting cluster's",
-		o.Ref(), o.Ref(), o.Ref(), keys[0], keys[1], o.Namespace)
+		role, o.Ref(), o.Ref(), o.Ref(), keys[0], keys[1], o.Namespace)
+}
+
+// ParseHosted parses [deployment|statefulset/]NAMESPACE/NAME, a hosted
+// control plane's component; its Resource is unset when only
+// NAMESPACE/NAME was given (ResolveHosted finds it).
+func ParseHosted(s string) (Object, error) {
+	parts := strings.Split(s, "/")
+	var o Object
+	switch len(parts) {
+	case 2:
+	case 3:
+		r, err := etcd.NewLayout("").Lookup(parts[0])
+		if err != nil {
+			return o, err
+		}
+		if g := r.GroupResource(); g != "deployments.apps" && g != "statefulsets.apps" {
+			return o, fmt.Errorf("a hosted control plane's component is a deployment or a statefulset, not %s", g)
+		}
+		o.Resource, parts = r, parts[1:]
+	default:
+		return o, fmt.Errorf("want [deployment|statefulset/]NAMESPACE/NAME")
+	}
+	if parts[0] == "" || parts[1] == "" {
+		return o, fmt.Errorf("want [deployment|statefulset/]NAMESPACE/NAME")
+	}
+	o.Namespace, o.Name = parts[0], parts[1]
+	return o, nil
 }
 
 // ScaleAPIServer plans spec.replicas of a hosted control plane's API
@@ -365,13 +399,20 @@ func ResolveAPIServer(ctx context.Context, s *etcd.Store, o Object) (Object, err
 // control plane down), are refused unless force, and with force they are
 // notes of the plan.
 func ScaleAPIServer(k *change.Etcd, target Object, replicas int32, force bool) change.Planner {
+	return scaleHosted(k, target, replicas, force, "API server", OpAPIServerScale, true)
+}
+
+// scaleHosted plans spec.replicas of a hosted control plane's component
+// (role names it), with its owners refused unless force; refuseZero
+// refuses replicas 0 the same way.
+func scaleHosted(k *change.Etcd, target Object, replicas int32, force bool, role, op string, refuseZero bool) change.Planner {
 	return func(ctx context.Context, id string) (*change.Plan, error) {
-		o, err := ResolveAPIServer(ctx, k.Store, target)
+		o, err := ResolveHosted(ctx, k.Store, target, role)
 		if err != nil {
 			return nil, err
 		}
 		what := o.Resource.Singular + " " + o.Ref()
-		plan := etcdPlanner(k, OpAPIServerScale, fmt.Sprintf("scale the API server %s to %d", what, replicas), true,
+		plan := etcdPlanner(k, op, fmt.Sprintf("scale the %s %s to %d", role, what, replicas), true,
 			func(ctx context.Context, id string, w etcd.WriteOptions) (*etcd.Change, error) {
 				return k.Store.PlanUpdate(ctx, o.Resource, o.Namespace, o.Name, etcd.Scale(replicas), w)
 			})
@@ -397,7 +438,7 @@ func ScaleAPIServer(k *change.Etcd, target Object, replicas int32, force bool) c
 		// Each problem is refused without force, and a note with it.
 		type problem struct{ text, hint, forced string }
 		var problems []problem
-		if replicas == 0 {
+		if replicas == 0 && refuseZero {
 			problems = append(problems, problem{
 				text:   fmt.Sprintf("scaling %s to 0 takes the hosted control plane down: none of its API servers answers until it is scaled up again", what),
 				hint:   "hint: pass --force if the incident needs it down (breakglass undo CHANGE-ID scales it back)",

@@ -53,6 +53,14 @@ type Service struct {
 	// CallTimeout bounds each SSH command (default 30s).
 	CallTimeout time.Duration
 	Concurrency int
+	// HostedControllerManager, when set, is the controller-manager of a
+	// hosted control plane: a Deployment or StatefulSet in a hosting
+	// cluster, scaled to 0 in Etcd (the hosting cluster's) before the
+	// kubelets stop, and back after they run again.
+	HostedControllerManager *Object
+	// Etcd writes the hosted controller-manager's replicas, and undoes
+	// those of a change that has etcd records.
+	Etcd *change.Etcd
 }
 
 // KubeletLeases reads a node's lease in kube-node-lease.
@@ -244,6 +252,16 @@ func PlanKubeletStop(k *Service, cps, selected []nodeops.Target, fraction float6
 		cm := k.ControllerManager
 		var problems []string
 		found := 0
+		if k.HostedControllerManager != nil {
+			hp, err := k.planHostedStop(ctx, id, force)
+			if err != nil {
+				return nil, err
+			}
+			p.Items = append(p.Items, hp.Items...)
+			p.Unchanged = append(p.Unchanged, hp.Unchanged...)
+			p.Notes = append(p.Notes, hp.Notes...)
+			found++
+		}
 		for _, r := range k.probe(ctx, cps, cm) {
 			if r.Err != nil {
 				problems = append(problems, fmt.Sprintf("%s: %v", r.Target.Name, r.Err))
@@ -309,12 +327,19 @@ func PlanKubeletStop(k *Service, cps, selected []nodeops.Target, fraction float6
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if len(p.Items) > 0 && k.HostedControllerManager != nil {
+			p.Notes = append(p.Notes, fmt.Sprintf("first the hosted %s %s is scaled to 0 in the hosting cluster's etcd, and waited for (up to %s) until none of its pods is left there", hostedRole, k.HostedControllerManager.Ref(), k.wait()))
+		}
 		if len(p.Items) > 0 {
+			first, back := "first", "then puts the controller-manager back"
+			if k.HostedControllerManager != nil {
+				first, back = "next", "then puts the controller-manager back, and last the hosted one's replicas"
+			}
 			p.Notes = append(p.Notes,
-				"first the controller-manager is stopped on each control-plane node (waited for until no kube-controller-manager process runs there); only then the kubelets stop, all at once, each waited for",
+				first+" the controller-manager is stopped on each control-plane node where it runs (waited for until no kube-controller-manager process runs there); only then the kubelets stop, all at once, each waited for",
 				"a stopped kubelet's pods keep running (their containers are containerd's); the node stops renewing its lease, and with no controller-manager nobody marks it NotReady or evicts its pods",
 				"while the controller-manager is aside no controller runs: Deployments, ReplicaSets, DaemonSets, Jobs, garbage collection and node lifecycle all wait",
-				fmt.Sprintf("undo (breakglass undo %s) starts the kubelets, waits until each renewed its lease, then puts the controller-manager back", id))
+				fmt.Sprintf("undo (breakglass undo %s) starts the kubelets, waits until each renewed its lease, %s", id, back))
 		}
 		return p, nil
 	}
@@ -516,6 +541,15 @@ func PlanControllerManagerRestore(k *Service, cps, workers []nodeops.Target, rec
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if k.HostedControllerManager != nil {
+			items, notes, err := k.hostedRestore(ctx, records, id)
+			if err != nil {
+				return nil, err
+			}
+			p.Items = append(p.Items, items...)
+			p.Notes = append(p.Notes, notes...)
+			return p, nil
+		}
 		if len(p.Items)+len(p.Unchanged) == 0 && len(p.Skipped) == 0 {
 			return nil, fmt.Errorf("no %s was found moved aside or stopped on %s\nhint: --nodes selects the control-plane nodes; --controller-manager-manifest names its file", cm.Name, names(cps))
 		}
@@ -555,6 +589,16 @@ func (k *Service) ApplyBatch(ctx context.Context, p *change.Plan, items []*chang
 		order = append(order, ph)
 	}
 	sort.Ints(order)
+	if p.Op == OpKubeletStop && k.HostedControllerManager != nil && k.Etcd != nil {
+		// The hosted controller-manager was scaled to 0 by the etcd item
+		// before this batch: no kubelet stops while it still runs.
+		if err := k.waitHostedGone(ctx); err != nil {
+			for _, it := range items {
+				report(change.ItemFailed{Plan: p, Item: it, Err: fmt.Errorf("not started: %s", notStartedPhase(err))})
+			}
+			return err
+		}
+	}
 	// failed counts the items that were started and failed (other than
 	// stale); notStarted those of phases after a failure.
 	var failed, notStarted, done int
@@ -843,7 +887,7 @@ func (k *Service) Undo(ctx context.Context, records []journal.Record, id string,
 		}
 		stops = append(stops, was{&c, t})
 	}
-	if len(stops) == 0 {
+	if len(stops) == 0 && !hasEtcd(recs) {
 		return nil, fmt.Errorf("change %s: nothing was stopped by it", id)
 	}
 	var items []*change.Item
@@ -882,7 +926,13 @@ func (k *Service) Undo(ctx context.Context, records []journal.Record, id string,
 		}
 		items = append(items, u.item("absent", id))
 	}
-	return items, nil
+	// A hosted controller-manager's replicas come back last, once the
+	// kubelets run (the etcd items after the service batch).
+	hosted, _, err := k.hostedUndo(ctx, recs, id)
+	if err != nil {
+		return nil, err
+	}
+	return append(items, hosted...), nil
 }
 
 // outcomeOf is the status of the last outcome journaled for the
