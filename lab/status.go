@@ -69,16 +69,12 @@ func (l *Lab) Status(ctx context.Context) Status {
 				hs.Components[comp] = "running"
 			}
 		}
-		for _, exe := range staticPodExes {
-			if _, err := os.Stat(filepath.Join(h.Root, manifestsDir, exe+".yaml")); err != nil {
-				continue
-			}
+		if _, err := os.Stat(APIServerManifest(h)); err == nil {
 			// A static pod of the host's kubelet, not a supervised
 			// process: running when its process runs in the host's pods.
-			name := exe + " (static pod)"
-			hs.Components[name] = "stopped"
-			if len(processArgvs(h, exe)) > 0 {
-				hs.Components[name] = "running"
+			hs.Components["kube-apiserver (static pod)"] = "stopped"
+			if len(processArgvs(h, apiserverExe)) > 0 {
+				hs.Components["kube-apiserver (static pod)"] = "running"
 			}
 		}
 		st.Hosts = append(st.Hosts, hs)
