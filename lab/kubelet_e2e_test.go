@@ -131,6 +131,12 @@ func TestLabKubeletStopStart(t *testing.T) {
 		kubectl(t, st, "", "delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 	})
 	kubectl(t, st, "", "create", "namespace", ns)
+	// Pods need the namespace's default service account, which the
+	// controller-manager creates.
+	waitCond(t, "the default service account of "+ns, time.Minute, func() (bool, string) {
+		_, err := tryKubectl(st, "get", "serviceaccount", "-n", ns, "default")
+		return err == nil, fmt.Sprint(err)
+	})
 	for _, w := range workers {
 		kubectl(t, st, fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p-%s","namespace":"%s"},
 "spec":{"nodeName":"%s","containers":[{"name":"c","image":"%s","imagePullPolicy":"Never"}]}}`, w.Name, ns, w.Name, lab.PauseImage), "apply", "-f", "-")
