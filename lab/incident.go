@@ -315,7 +315,7 @@ func (l *Lab) waitOnWorkers(ctx context.Context, ns string, perNode int, timeout
 		if last != nil {
 			return counts, fmt.Errorf("%s: waited %s for %d running container(s) per worker: %w", ns, timeout, perNode, last)
 		}
-		return counts, fmt.Errorf("%s: waited %s for %d running container(s) per worker, containerd shows %s\nhint: see %s/logs/worker-*-kubelet.log and cp-1-kube-controller-manager.log", ns, timeout, perNode, describeCounts(counts), l.State.Dir)
+		return counts, fmt.Errorf("%s: waited %s for %d running container(s) per worker, containerd shows %s\nhint: see %s/logs/worker-*-kubelet.log and %s", ns, timeout, perNode, describeCounts(counts), l.State.Dir, staticPodLogs(l.State.Hosts[0], controllerManagerExe))
 	}
 	return counts, err
 }
@@ -402,7 +402,7 @@ func (l *Lab) setAPIServerSpec(ctx context.Context, spec Spec) error {
 
 // apiserverLogs is where cp-1's kubelet keeps the API server's logs.
 func (l *Lab) apiserverLogs() string {
-	return filepath.Join(l.State.Hosts[0].Root, "/var/log/pods", "kube-system_kube-apiserver-"+l.State.Hosts[0].Name+"_*")
+	return staticPodLogs(l.State.Hosts[0], apiserverExe)
 }
 
 // defaultAPIServerSpec is the apiserver's spec as lab up starts it.

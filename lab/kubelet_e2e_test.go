@@ -323,12 +323,12 @@ func TestLabKubeletStopStart(t *testing.T) {
 	}
 	// Nothing but the original names in the spec directory, and nothing
 	// left aside.
-	out, err := sshHost(st, cp, st.KnownHosts, "ls -A /etc/kubernetes/lab; ls /etc/kubernetes/breakglass-backup/*/ 2>/dev/null; true")
+	out, err := sshHost(st, cp, st.KnownHosts, "ls -A /etc/kubernetes/manifests /etc/kubernetes/lab; ls /etc/kubernetes/breakglass-backup/*/ 2>/dev/null; true")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(out, ".breakglass-") {
-		t.Errorf("a temporary file is left in cp-1's spec directory:\n%s", out)
+		t.Errorf("a temporary file is left in cp-1's manifests or spec directory:\n%s", out)
 	}
 
 	// Third round: the same lever as a runbook step, and the run undone.

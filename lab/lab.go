@@ -107,6 +107,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	cpImages, err := controlPlaneImages(ctx, opts.CacheDir, bins)
+	if err != nil {
+		return nil, err
+	}
 	buildTime := time.Since(start)
 
 	hosts, err := planHosts(opts.Dir, subnet, opts.Workers, opts.SSHHosts, opts.NoStandby)
@@ -195,17 +199,18 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		logf("starting etcd and the control plane on %s", cp.Name)
-		if err := l.startSupervised(cp, "etcd", etcdSpec(cp, bins.Etcd)); err != nil {
+		logf("starting etcd and the control plane on %s: static pods of its kubelet", cp.Name)
+		// etcd and the API server are cp-1's kubelet's static pods, as
+		// kubeadm runs them: the manifests first, then the kubelet that
+		// starts them.
+		if err := writeStaticPod(cp, etcdPod(cp)); err != nil {
 			return err
 		}
-		// The API server is cp-1's kubelet's static pod, as kubeadm runs
-		// it: the manifest first, then the kubelet that starts it.
 		if err := writeAPIServerManifest(cp, apiserverSpec(cp, nil)); err != nil {
 			return err
 		}
 		// images[0] is the pause image every sandbox needs.
-		if err := l.startKubeletHost(gctx, cp, 0, []string{images[0], apiserverImage}); err != nil {
+		if err := l.startKubeletHost(gctx, cp, 0, append([]string{images[0], apiserverImage}, cpImages...)); err != nil {
 			return err
 		}
 		if err := l.waitAPIServer(gctx, 2*time.Minute); err != nil {
@@ -215,10 +220,15 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		if err := l.bootstrapObjects(gctx); err != nil {
 			return err
 		}
-		if err := l.startSupervised(cp, "kube-controller-manager", controllerManagerSpec(bins.KubeControllerManager)); err != nil {
+		// The controller-manager and the scheduler once the objects they
+		// rely on are there (kubeadm writes them at once; they retry).
+		if err := writeStaticPod(cp, controllerManagerPod()); err != nil {
 			return err
 		}
-		return l.startSupervised(cp, "kube-scheduler", schedulerSpec(bins.KubeScheduler))
+		if err := writeStaticPod(cp, schedulerPod()); err != nil {
+			return err
+		}
+		return l.waitStaticPods(gctx, cp, 2*time.Minute, etcdExe, apiserverExe, controllerManagerExe, schedulerExe)
 	})
 	for i, w := range s.HostsWithRole("worker") {
 		g.Go(func() error { return l.startKubeletHost(gctx, w, i+1, images) })

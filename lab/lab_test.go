@@ -277,8 +277,8 @@ func TestSharedLibraries(t *testing.T) {
 	}
 }
 
-// A host's pods' CPU cap is a quota on its kubelet's cgroup root, set and
-// lifted in place and read back from the cgroup.
+// A host's pods' CPU cap is a quota on its kubelet's Burstable cgroup,
+// set and lifted in place and read back from the cgroup.
 func TestHostCPUCap(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("cgroups need root")
@@ -287,7 +287,17 @@ func TestHostCPUCap(t *testing.T) {
 	if err := createCgroupRoot(h); err != nil {
 		t.Skipf("no cgroup root here: %v", err)
 	}
+	// What the host's kubelet creates under its root.
+	hier, _, err := cpuHierarchy()
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := os.MkdirAll(filepath.Join(hier, burstableCgroup(h)), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
+		os.Remove(filepath.Join(hier, burstableCgroup(h)))
+		os.Remove(filepath.Join(hier, cgroupRoot(h), "kubepods"))
 		for _, hier := range cgroupHierarchies() {
 			os.Remove(filepath.Join(hier, cgroupRoot(h)))
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,9 +52,27 @@ func (l *Lab) ProcessesOnWorkers(exe string) (map[string]int, error) {
 	return out, nil
 }
 
-// componentPID returns the pid of a supervised component on host: the
-// child of its supervisor.
+// staticPodExes are the commands of cp-1's static pods.
+var staticPodExes = []string{etcdExe, apiserverExe, controllerManagerExe, schedulerExe}
+
+// componentPID returns the pid of a component on host: the child of its
+// supervisor, or for a static pod's component (etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler) its one process in the host's
+// pods.
 func (l *Lab) componentPID(host, component string) (int, error) {
+	if slices.Contains(staticPodExes, component) {
+		h, ok := l.State.Host(host)
+		if !ok {
+			return 0, fmt.Errorf("no lab host %s", host)
+		}
+		procs := processArgvs(h, component)
+		if len(procs) != 1 {
+			return 0, fmt.Errorf("%s: %d %s processes run in its pods, want 1\nhint: see %s", host, len(procs), component, staticPodLogs(h, component))
+		}
+		for pid := range procs {
+			return pid, nil
+		}
+	}
 	b, err := os.ReadFile(filepath.Join(l.State.Dir, "run", host+"-"+component+".pid"))
 	if err != nil {
 		return 0, fmt.Errorf("%s %s: %w", host, component, err)
@@ -121,7 +140,32 @@ func (l *Lab) RestartComponent(ctx context.Context, host, component string) (int
 	return pid, err
 }
 
-// FreezeComponent stops a supervised component with SIGSTOP (as a hung
+// staticPodLogs is where h's kubelet keeps the logs of its static pod
+// name.
+func staticPodLogs(h Host, name string) string {
+	return filepath.Join(h.Root, "/var/log/pods", "kube-system_"+name+"-"+h.Name+"_*")
+}
+
+// waitStaticPods waits until a process of each of exes runs in h's pods.
+func (l *Lab) waitStaticPods(ctx context.Context, h Host, timeout time.Duration, exes ...string) error {
+	var missing []string
+	err := poll(ctx, 200*time.Millisecond, timeout, func(context.Context) bool {
+		missing = missing[:0]
+		for _, e := range exes {
+			if len(processArgvs(h, e)) == 0 {
+				missing = append(missing, e)
+			}
+		}
+		return len(missing) == 0
+	})
+	if err == errTimeout {
+		return fmt.Errorf("%s: no %s process in its pods after %s\nhint: see %s and %s", h.Name, strings.Join(missing, ", "), timeout,
+			filepath.Join(h.Root, "/var/log/pods"), filepath.Join(l.State.Dir, "logs", h.Name+"-kubelet.log"))
+	}
+	return err
+}
+
+// FreezeComponent stops a component with SIGSTOP (as a hung
 // process would be) and returns the function that thaws it.
 func (l *Lab) FreezeComponent(host, component string) (thaw func() error, err error) {
 	pid, err := l.componentPID(host, component)

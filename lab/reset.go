@@ -93,7 +93,7 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 		return left == ""
 	})
 	if err == errTimeout {
-		return fmt.Errorf("%s still there after %s\nhint: see %s/logs/cp-1-kube-controller-manager.log", left, goneTimeout, l.State.Dir)
+		return fmt.Errorf("%s still there after %s\nhint: see %s", left, goneTimeout, staticPodLogs(l.State.Hosts[0], controllerManagerExe))
 	}
 	if err != nil {
 		return err

@@ -69,12 +69,16 @@ func (l *Lab) Status(ctx context.Context) Status {
 				hs.Components[comp] = "running"
 			}
 		}
-		if _, err := os.Stat(APIServerManifest(h)); err == nil {
+		for _, exe := range staticPodExes {
+			if _, err := os.Stat(filepath.Join(h.Root, manifestsDir, exe+".yaml")); err != nil {
+				continue
+			}
 			// A static pod of the host's kubelet, not a supervised
 			// process: running when its process runs in the host's pods.
-			hs.Components["kube-apiserver (static pod)"] = "stopped"
-			if len(processArgvs(h, apiserverExe)) > 0 {
-				hs.Components["kube-apiserver (static pod)"] = "running"
+			name := exe + " (static pod)"
+			hs.Components[name] = "stopped"
+			if len(processArgvs(h, exe)) > 0 {
+				hs.Components[name] = "running"
 			}
 		}
 		st.Hosts = append(st.Hosts, hs)

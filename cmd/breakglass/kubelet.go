@@ -201,7 +201,7 @@ func addServiceFlagsD(cmd *cobra.Command, d *Deps, o *serviceOptions) {
 	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
 	f := cmd.Flags()
 	f.StringArrayVar(&o.cpNodes, "control-plane", []string{steps.ShedNodes}, "the control-plane nodes the controller-manager runs on (names, globs, role=ROLE)")
-	f.StringVar(&o.cmManifest, "controller-manager-manifest", "", "the controller-manager's file on the control-plane nodes (default: the first that exists of /etc/kubernetes/manifests/kube-controller-manager.yaml and the lab's /etc/kubernetes/lab/kube-controller-manager.json; else its systemd unit)")
+	f.StringVar(&o.cmManifest, "controller-manager-manifest", "", "the controller-manager's file on the control-plane nodes (default: kubeadm's /etc/kubernetes/manifests/kube-controller-manager.yaml where it exists, else its systemd unit)")
 	f.StringVar(&o.backupDir, "backup-dir", "", "where the nodes keep files moved aside, one directory per change (default /etc/kubernetes/breakglass-backup)")
 	f.DurationVar(&o.wait, "wait", 2*time.Minute, "how long one node may take to stop or start")
 	addEtcdFlags(cmd, d)

@@ -55,10 +55,10 @@ func Kubelet() Component {
 	return Component{Name: "kubelet", Unit: "kubelet", Files: []string{LabSpecDir + "/kubelet.json"}}
 }
 
-// ControllerManager is kube-controller-manager: kubeadm's static pod, the
-// lab's supervisor, or a systemd unit.
+// ControllerManager is kube-controller-manager: kubeadm's static pod (as
+// the lab runs it too), or a systemd unit.
 func ControllerManager(manifestPath string) Component {
-	files := []string{"/etc/kubernetes/manifests/kube-controller-manager.yaml", LabSpecDir + "/kube-controller-manager.json"}
+	files := []string{"/etc/kubernetes/manifests/kube-controller-manager.yaml"}
 	if manifestPath != "" {
 		files = []string{manifestPath}
 	}

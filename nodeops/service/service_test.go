@@ -880,7 +880,7 @@ func TestBadInput(t *testing.T) {
 	if cm := service.ControllerManager(p); cm.Name != "kube-controller-manager" || !slices.Equal(cm.Files, []string{p}) {
 		t.Errorf("ControllerManager(p) = %+v", cm)
 	}
-	if cm := service.ControllerManager(""); len(cm.Files) != 2 || cm.Files[0] != "/etc/kubernetes/manifests/kube-controller-manager.yaml" {
+	if cm := service.ControllerManager(""); !slices.Equal(cm.Files, []string{"/etc/kubernetes/manifests/kube-controller-manager.yaml"}) {
 		t.Errorf("ControllerManager(\"\") = %+v", cm)
 	}
 }

@@ -21,7 +21,7 @@ import (
 
 var serviceParams = []ParamSpec{
 	{Name: "controlPlane", Type: "list", Default: steps.ShedNodes, Doc: "the control-plane nodes the controller-manager runs on"},
-	{Name: "controllerManagerManifest", Type: "string", Doc: "the controller-manager's file on the control-plane nodes (default: kubeadm's, the lab's, else its systemd unit)"},
+	{Name: "controllerManagerManifest", Type: "string", Doc: "the controller-manager's file on the control-plane nodes (default: kubeadm's, else its systemd unit)"},
 	{Name: "controllerManagerObject", Type: "string", Doc: "a hosted control plane's controller-manager, [deployment|statefulset/]NAMESPACE/NAME in the hosting cluster's etcd: scaled to 0 before kubelets stop, back on restore (default: the inventory's controllerManager.deployment)"},
 	{Name: "backupDir", Type: "string", Doc: "where the nodes keep files moved aside (default " + steps.DefaultServiceBackupDir + ")"},
 	{Name: "wait", Type: "duration", Default: "2m", Doc: "how long one node may take to stop or start"},
