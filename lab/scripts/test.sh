@@ -100,8 +100,9 @@ else
 		"$GO" test -count=1 -v -timeout 60m -run 'TestIncident|TestLabKubeletStopStart|TestLabAPIServerTune|TestLabAPIServerAddRemove' ./lab/
 	# lab down removes the lab's logs: keep what a failure needs first.
 	if [ "$failed" != 0 ]; then
-		# The API server is cp-1's static pod: its log is the kubelet's.
-		for f in "$LAB_DIR"/logs/cp-1-kube-{controller-manager,scheduler}.log "$LAB_DIR"/logs/cp-1-kubelet.log "$LAB_DIR"/hosts/cp-1/var/log/pods/kube-system_kube-apiserver-*/kube-apiserver/*.log; do
+		# cp-1's control plane runs as its static pods: their logs are
+		# under the kubelet's pod logs.
+		for f in "$LAB_DIR"/logs/cp-1-kubelet.log "$LAB_DIR"/hosts/cp-1/var/log/pods/kube-system_*/*/*.log; do
 			[ -f "$f" ] || continue
 			echo "-- last lines of $(basename "$f"):"
 			tail -n 25 "$f"
