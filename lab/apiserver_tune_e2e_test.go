@@ -188,3 +188,51 @@ func changeID(t *testing.T, stdout string) string {
 	t.Fatalf("no change line in:\n%s", stdout)
 	return ""
 }
+
+// tuneRefusedUnderOverload is a subtest of TestIncidentOverload: with
+// cp-1's API server saturated, apiserver tune is refused (exit 4) and
+// leaves the manifest and the running API server as they were. Restarted
+// into the load, that API server did not come back: at 40m, its
+// post-start hook start-service-ip-repair-controllers timed out, it
+// exited, and kubelet started it into the load again (docs/apiserver.md).
+//
+// It is a dry run, which plans (and refuses) exactly as the tune does: a
+// saturated API server may still answer /livez and /readyz within the
+// probe's 2 s now and then, and a real tune let through would restart it
+// into the load. So the dry run is asked until one is refused (at most 5
+// times); one that is not must have changed nothing either. The refusal
+// of a real tune, with nothing written or journaled, is tested on real
+// sshd (TestAPIServerTuneCommand, TestTuneRefusesAnAPIServerThatDoesNotAnswer).
+func tuneRefusedUnderOverload(t *testing.T, l *lab.Lab) {
+	st := l.State
+	bin := os.Getenv("BREAKGLASS_BIN")
+	if bin == "" {
+		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
+	}
+	cp := st.Hosts[0]
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	before := apiserverArgs(t, st, cp)
+	if before == "" {
+		t.Fatalf("no single kube-apiserver process on %s", cp.Name)
+	}
+	refused := false
+	for i := 0; i < 5 && !refused; i++ {
+		r := b.run("apiserver", "tune", "--nodes", cp.Name, "--max-requests-inflight", "1200", "--max-mutating-requests-inflight", "600",
+			"--dry-run", "--journal", b.jnl)
+		switch {
+		case r.code == 4 && strings.Contains(r.stderr, "does not answer /livez and /readyz now on "+cp.Name) && strings.Contains(r.stderr, "--force"):
+			refused = true
+		case r.code != 0:
+			t.Fatalf("tune --dry-run under the incident: exit %d, want 4 (refused) or 0 (it answered this time)\n%s", r.code, r.stderr)
+		}
+	}
+	if !refused {
+		t.Errorf("5 dry runs of a tune of the saturated API server: none refused")
+	}
+	if _, err := os.Stat(b.jnl); !os.IsNotExist(err) {
+		t.Errorf("the dry runs journaled: %v", err)
+	}
+	if after := apiserverArgs(t, st, cp); after != before {
+		t.Errorf("after the dry runs cp-1's API server runs with %q, before %q", after, before)
+	}
+}

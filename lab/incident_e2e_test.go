@@ -50,6 +50,7 @@ func TestIncidentOverload(t *testing.T) {
 	}
 	t.Run("saturated", func(t *testing.T) { checkSaturated(t, l, res) })
 	t.Run("diagnose", func(t *testing.T) { diagnoseOverload(t, l) })
+	t.Run("tune", func(t *testing.T) { tuneRefusedUnderOverload(t, l) })
 	t.Run("scaleout", func(t *testing.T) { scaleOutOverload(t, l, res) })
 	reset()
 	healthy(t, l.State)

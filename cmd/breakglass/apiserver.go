@@ -75,6 +75,7 @@ type apiserverTuneOptions struct {
 	backupDir string
 	wait      time.Duration
 	poll      time.Duration
+	force     bool
 }
 
 func newCmdAPIServerTune(d *Deps, runF func(*apiserverTuneOptions) error) *cobra.Command {
@@ -104,6 +105,13 @@ command line) and it answers /livez and /readyz on the node with the
 node's admin kubeconfig. A node that does not come back is rolled back
 from its backup and the rollout stops: the next node is never started.
 Two API servers are never restarted at once.
+
+A node whose API server does not answer /livez and /readyz when the tune
+is planned is refused (exit 4), nothing changed: saturated by its load, it
+would be restarted into that same load, where it may never come back (a
+kube-apiserver exits when a post-start hook times out, and kubelet starts
+it into the load again). Take the load off first (shed flowschema, pods
+hold), or pass --force when it is down for another reason the tune fixes.
 
 Everything is journaled; "breakglass undo CHANGE-ID" puts every node's
 manifest back the same way, one node at a time, also for a rollout cut
@@ -175,6 +183,7 @@ short by a crash.
 	f.StringVar(&o.backupDir, "backup-dir", "", "where the nodes keep the manifests replaced, one directory per change (default: breakglass-backup next to the manifests directory)")
 	f.DurationVar(&o.wait, "wait", 3*time.Minute, "how long one node's API server may take to restart and answer /livez and /readyz before it is rolled back")
 	f.DurationVar(&o.poll, "poll", 2*time.Second, "how often a restarting node is looked at")
+	f.BoolVar(&o.force, "force", false, "restart an API server that does not answer /livez and /readyz now too (refused otherwise: saturated, it may not come back)")
 	_ = f.MarkHidden("poll")
 	addJournalFlag(cmd, d)
 	return cmd
@@ -225,7 +234,7 @@ func runAPIServerTune(ctx context.Context, d *Deps, o *apiserverTuneOptions) err
 		return err
 	}
 	defer r.close()
-	r.kind.Wait, r.kind.Poll = o.wait, o.poll
+	r.kind.Wait, r.kind.Poll, r.kind.Force = o.wait, o.poll, o.force
 	e, stream := r.engine(d)
 	defer stream.Close()
 	_, err = e.Run(ctx, steps.PlanTune(r.kind, r.targets, o.edits))

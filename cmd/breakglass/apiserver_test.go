@@ -12,8 +12,10 @@ import (
 // TestAPIServerTuneCommand runs apiserver tune and status through real
 // sshd on a manifest in a temporary directory, with the real watch (this
 // machine's /proc, /livez on the node), where no kubelet runs and no API
-// server from this manifest: the dry run changes nothing; a tune is written, finds no API server
-// coming back, is rolled back to the original bytes and exits 3.
+// server from this manifest: a tune of an API server that does not answer
+// is refused (exit 4), dry run or not; with --force the dry run changes
+// nothing; a tune is written, finds no API server coming back, is rolled
+// back to the original bytes and exits 3.
 func TestAPIServerTuneCommand(t *testing.T) {
 	fx := sshdtest.Start(t, 1, sshdtest.Options{})
 	inv := writeInventory(t, fx)
@@ -39,7 +41,20 @@ func TestAPIServerTuneCommand(t *testing.T) {
 		}
 	}
 
-	out, errOut, code := runArgs(t, "--inventory", inv, "-o", "json", "--dry-run", "apiserver", "tune", "--manifest", mf, "--max-requests-inflight", "777")
+	for _, dry := range []string{"--dry-run", "--yes"} {
+		_, errOut, code := runArgs(t, "--inventory", inv, dry, "apiserver", "tune", "--manifest", mf, "--max-requests-inflight", "777", "--journal", jpath)
+		if code != 4 || !strings.Contains(errOut, "does not answer /livez and /readyz now on node1") || !strings.Contains(errOut, "--force") {
+			t.Fatalf("%s, no API server answering, without --force: exit %d, want 4: %s", dry, code, errOut)
+		}
+		if b, _ := os.ReadFile(mf); string(b) != string(orig) {
+			t.Fatal("the refused tune changed the manifest")
+		}
+		if _, err := os.Stat(jpath); !os.IsNotExist(err) {
+			t.Fatalf("the refused tune journaled: %v", err)
+		}
+	}
+
+	out, errOut, code := runArgs(t, "--inventory", inv, "-o", "json", "--dry-run", "apiserver", "tune", "--manifest", mf, "--max-requests-inflight", "777", "--force")
 	if code != 0 {
 		t.Fatalf("dry run: exit %d: %s", code, errOut)
 	}
@@ -53,7 +68,7 @@ func TestAPIServerTuneCommand(t *testing.T) {
 	}
 
 	_, errOut, code = runArgs(t, "--inventory", inv, "--yes", "apiserver", "tune", "--manifest", mf, "--journal", jpath,
-		"--max-requests-inflight", "777", "--wait", "1s", "--poll", "100ms")
+		"--max-requests-inflight", "777", "--wait", "1s", "--poll", "100ms", "--force")
 	// Where no API server runs the watch finds none; where one does (the
 	// lab's, seen in this machine's /proc during make test) it runs with
 	// another command line than the manifest's. Both are a node that did

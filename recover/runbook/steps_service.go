@@ -106,6 +106,7 @@ func init() {
 			{Name: "manifest", Type: "string", Doc: "the manifest on the nodes (default: the inventory's apiserver.manifest, else kubeadm's)"},
 			{Name: "backupDir", Type: "string", Doc: "where the nodes keep the manifests replaced (default: breakglass-backup next to the manifests directory)"},
 			{Name: "wait", Type: "duration", Default: "3m", Doc: "how long one node's API server may take to restart and answer before it is rolled back"},
+			{Name: "force", Type: "bool", Doc: "restart an API server that does not answer /livez and /readyz now too (refused otherwise: saturated, it may not come back)"},
 		},
 		Prepare: prepareTune})
 }
@@ -202,8 +203,12 @@ func prepareTune(ctx context.Context, s *Session, a Args) (*Action, error) {
 	if err != nil {
 		return nil, err
 	}
+	force, err := a.Bool("force")
+	if err != nil {
+		return nil, err
+	}
 	k := s.Env.Manifest(targets, a.String("manifest"), a.String("backupDir"))
-	k.Wait = wait
+	k.Wait, k.Force = wait, force
 	if err := k.Check(); err != nil {
 		return nil, err
 	}

@@ -78,6 +78,9 @@ type Manifest struct {
 	CallTimeout time.Duration
 	// Concurrency of the plan's reads (the writes are one at a time).
 	Concurrency int
+	// Force restarts a node's API server that does not answer /livez and
+	// /readyz now; without it a tune is refused there (see PlanTune).
+	Force bool
 }
 
 // Name implements change.Kind.
@@ -221,9 +224,50 @@ func PlanTune(k *Manifest, targets []nodeops.Target, e manifest.Edits) change.Pl
 			if len(targets) == 1 {
 				p.Notes = append(p.Notes, "a single control-plane node: the API is down while its API server restarts")
 			}
+			if err := k.checkLive(ctx, p); err != nil {
+				return nil, err
+			}
 		}
 		return p, nil
 	}
+}
+
+// checkLive refuses a tune that would restart an API server that does not
+// answer /livez and /readyz now, unless Force: one saturated by its load
+// is restarted into that same load, and may never come back. In the lab,
+// under the overload incident (40m of CPU), the restarted kube-apiserver
+// exited when its post-start hook start-service-ip-repair-controllers
+// timed out, and kubelet restarted it into the load again and again.
+// With Force, the plan says so and goes on.
+func (k *Manifest) checkLive(ctx context.Context, p *change.Plan) error {
+	var ts []nodeops.Target
+	for _, it := range p.Items {
+		ts = append(ts, it.Payload.(*ManifestChange).Target)
+	}
+	opts := fanout.OptionsOf[apiprobe.Liveness]{Concurrency: max(k.Concurrency, 1), Timeout: k.CallTimeout}
+	var down []string
+	for _, r := range fanout.RunOf(ctx, ts, opts, func(ctx context.Context, t nodeops.Target) (apiprobe.Liveness, error) {
+		return k.Watch.Live(ctx, t)
+	}) {
+		why := r.Output.String()
+		if r.Err != nil {
+			why = r.Err.Error()
+		} else if r.Output.OK() {
+			continue
+		}
+		down = append(down, fmt.Sprintf("%s (%s)", r.Target.Name, why))
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(down) == 0 {
+		return nil
+	}
+	if k.Force {
+		p.Notes = append(p.Notes, fmt.Sprintf("the API server does not answer /livez and /readyz now on %s: restarted anyway (--force); if the load that saturates it is still there, it may not come back", strings.Join(down, ", ")))
+		return nil
+	}
+	return change.Refusedf("the API server does not answer /livez and /readyz now on %s: a tune restarts it, and an API server saturated by its load is restarted into that same load, where it may never come back (kube-apiserver exits when a post-start hook times out, and kubelet starts it into the load again)\nhint: take the load off first (breakglass shed flowschema, breakglass pods hold) and tune once it answers; pass --force to restart it anyway (an API server down for another reason, which this tune fixes)", strings.Join(down, ", "))
 }
 
 func (k *Manifest) read(ctx context.Context, targets []nodeops.Target) []fanout.ResultOf[*manifest.File] {

@@ -356,9 +356,15 @@ func TestUndoHalfFinishedRollout(t *testing.T) {
 	ctx := context.Background()
 	e := f.engine(false)
 	cctx, cancel := context.WithCancel(ctx)
-	// kubelet never restarts anything: the wait runs until cancelled,
-	// as when breakglass is killed.
-	f.kubelet.broken = func(string, []string) bool { cancel(); return true }
+	// The new manifest's API server never answers: the wait runs until
+	// cancelled, as when breakglass is killed.
+	f.kubelet.broken = func(_ string, argv []string) bool {
+		if !slices.Contains(argv, "--max-requests-inflight=777") {
+			return false
+		}
+		cancel()
+		return true
+	}
 	p, err := e.Run(cctx, PlanTune(f.kind, f.targets, inflight(777)))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v", err)
@@ -388,5 +394,49 @@ func TestUndoHalfFinishedRollout(t *testing.T) {
 	}
 	if string(f.read(t, "node1")) != string(f.original) {
 		t.Error("undo did not restore node1")
+	}
+}
+
+// TestTuneRefusesAnAPIServerThatDoesNotAnswer: node2's API server does
+// not answer /livez and /readyz now (saturated): the tune is refused,
+// dry run or not, naming it, and no node is touched; with Force it goes
+// ahead, says so, and node2 comes back with the new flag.
+func TestTuneRefusesAnAPIServerThatDoesNotAnswer(t *testing.T) {
+	f := newTuneFixture(t, 2)
+	f.kubelet.broken = func(node string, argv []string) bool {
+		return node == "node2" && !slices.Contains(argv, "--max-requests-inflight=777")
+	}
+	for _, dry := range []bool{true, false} {
+		_, err := f.engine(dry).Run(context.Background(), PlanTune(f.kind, f.targets, inflight(777)))
+		var refused *change.RefusedError
+		if !errors.As(err, &refused) || !strings.Contains(err.Error(), "node2 (/livez") || strings.Contains(err.Error(), "node1") ||
+			!strings.Contains(err.Error(), "--force") {
+			t.Fatalf("dry run %v: err %v, want refused naming node2 alone and --force", dry, err)
+		}
+	}
+	for _, n := range f.targets {
+		if string(f.read(t, n.Name)) != string(f.original) {
+			t.Errorf("%s: the manifest was written", n.Name)
+		}
+		if _, err := os.Stat(f.backup[n.Name]); !os.IsNotExist(err) {
+			t.Errorf("%s: a backup was made: %v", n.Name, err)
+		}
+	}
+	if _, err := os.Stat(f.journal); !os.IsNotExist(err) {
+		t.Errorf("the refused tune journaled: %v", err)
+	}
+
+	f.kind.Force = true
+	p, err := f.engine(false).Run(context.Background(), PlanTune(f.kind, f.targets, inflight(777)))
+	if err != nil {
+		t.Fatalf("with Force: %v", err)
+	}
+	if !slices.ContainsFunc(p.Notes, func(n string) bool { return strings.Contains(n, "node2") && strings.Contains(n, "--force") }) {
+		t.Errorf("with Force, no note says node2 is restarted anyway: %q", p.Notes)
+	}
+	for _, n := range f.targets {
+		if !strings.Contains(string(f.read(t, n.Name)), "--max-requests-inflight=777") {
+			t.Errorf("%s: not tuned", n.Name)
+		}
 	}
 }
