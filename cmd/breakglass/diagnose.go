@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,6 +26,8 @@ type diagnoseOptions struct {
 	port        int
 	via         string
 	kubeconfigs []string
+	dnsService  string
+	domain      string
 }
 
 func newCmdDiagnose(d *Deps, runF func(*diagnoseOptions) error) *cobra.Command {
@@ -52,6 +55,14 @@ second session, the API server's /readyz and its inflight, 429 and priority
 and fairness figures, read on the node with its admin kubeconfig (kubeadm's
 super-admin.conf or admin.conf; never printed).
 
+Cluster DNS, the blast radius: from every node, through one more SSH
+connection (direct-tcpip, no tool needed on the node), an A query over TCP
+for kubernetes.default.svc.<cluster domain> to the DNS Service's cluster IP
+(what the node's pods ask) and to up to 3 of its servers, read from its
+EndpointSlices in etcd; a node where the Service does not answer with
+default/kubernetes's address is failing. CoreDNS answers SERVFAIL while it
+cannot sync with the API server.
+
 The suspects are ranked best first, each with its evidence and the lever to
 pull (the top suspect's selector, e.g. --daemonset telemetry/telemetry-agent).
 Its own cost is reported: etcd reads and SSH sessions. See docs/diagnose.md.
@@ -73,6 +84,9 @@ printed), 130 cancelled.`,
 			if o.since <= 0 {
 				return usagef("--since %s: must be positive", o.since)
 			}
+			if ns, name, ok := strings.Cut(o.dnsService, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+				return usagef("--dns-service %q: must be NAMESPACE/NAME, e.g. kube-system/kube-dns", o.dnsService)
+			}
 			if o.nodeTimeout <= 0 {
 				return usagef("--node-timeout %s: must be positive", o.nodeTimeout)
 			}
@@ -87,6 +101,8 @@ printed), 130 cancelled.`,
 	f.DurationVar(&o.nodeTimeout, "node-timeout", 8*time.Second, "how long each node may take (all its sessions)")
 	f.IntVar(&o.port, "port", 0, "the API server port (default: the inventory's apiserver.port, else 6443)")
 	f.StringSliceVar(&o.kubeconfigs, "admin-kubeconfig", nil, "admin kubeconfigs to try on control-plane nodes, in order (default /etc/kubernetes/super-admin.conf,/etc/kubernetes/admin.conf)")
+	f.StringVar(&o.dnsService, "dns-service", diagnose.DefaultDNSService, "the cluster DNS Service (NAMESPACE/NAME) asked from every node")
+	f.StringVar(&o.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	addViaFlag(cmd, &o.via)
 	addNodeSSHFlags(cmd, &o.nodes, &o.ssh)
 	addEtcdFlags(cmd, d)
@@ -102,7 +118,8 @@ func runDiagnose(ctx context.Context, d *Deps, o *diagnoseOptions) error {
 	if err != nil {
 		return err
 	}
-	env := diagnose.Env{Store: store, Since: o.since, NodeTimeout: o.nodeTimeout, Concurrency: d.Global.Concurrency, Now: d.Now, Kubeconfigs: o.kubeconfigs}
+	env := diagnose.Env{Store: store, Since: o.since, NodeTimeout: o.nodeTimeout, Concurrency: d.Global.Concurrency, Now: d.Now, Kubeconfigs: o.kubeconfigs,
+		DNSService: o.dnsService, ClusterDomain: o.domain}
 	env.APIServerPort = o.port
 	if env.APIServerPort == 0 && inv.APIServer.Port != 0 {
 		env.APIServerPort = inv.APIServer.Port
@@ -135,6 +152,9 @@ func runDiagnose(ctx context.Context, d *Deps, o *diagnoseOptions) error {
 				return pods.Connect(ctx, t.Name, func(ctx context.Context) (net.Conn, error) {
 					return cl.DialUnix(ctx, t, sock, sshclient.UnixVia(via))
 				})
+			}
+			env.Tunnel = func(ctx context.Context, t nodeops.Target) (diagnose.Tunnel, error) {
+				return cl.OpenTunnel(ctx, t)
 			}
 		}
 	}

@@ -32,25 +32,62 @@ func (c *Client) DialThrough(t nodeops.Target) func(ctx context.Context, addr st
 		}
 		cn := shared
 		mu.Unlock()
-
-		// Opening the channel is bounded like opening a session; a stall
-		// closes the connection, and the next dial makes a new one.
-		wd := newWatchdog(ctx, cn.Close)
-		wd.arm(nodeops.PhaseSession, c.opts.SessionTimeout)
-		nc, err := cn.client.Dial("tcp", addr)
-		if ok := wd.disarm(); !ok || err != nil {
-			if nc != nil {
-				nc.Close()
-			}
-			if p, fired := wd.timedOut(); fired {
-				return nil, timeoutErr(e, p, c.opts.SessionTimeout)
-			}
-			if wd.cancel.Load() {
-				return nil, c.ctxError(ctx, e, nodeops.PhaseSession)
-			}
-			return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseSession, Status: nodeops.StatusUnreachable,
-				Reason: "tunnel", Err: err}
-		}
-		return nc, nil
+		return c.dialTCP(ctx, e, cn, addr)
 	}
+}
+
+// Tunnel is one SSH connection to a node that TCP connections are opened
+// from (direct-tcpip channels), until it is closed.
+type Tunnel struct {
+	c  *Client
+	e  *endpoint
+	cn *conn
+}
+
+// OpenTunnel connects to t, with the client's host-key checks and phase
+// deadlines; the caller closes the tunnel. Errors are *nodeops.Error, as
+// Run's.
+func (c *Client) OpenTunnel(ctx context.Context, t nodeops.Target) (*Tunnel, error) {
+	e, err := c.resolve(t)
+	if err != nil {
+		return nil, &nodeops.Error{Node: t.Name, Phase: nodeops.PhaseDial, Status: nodeops.StatusFailed, Reason: "config", Err: err}
+	}
+	c.dials.Add(1)
+	cn, err := c.connect(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return &Tunnel{c: c, e: e, cn: cn}, nil
+}
+
+// Dial opens a TCP connection to addr from the node (sshd connects, in the
+// node's own network namespace, through its own routes and NAT rules).
+func (tu *Tunnel) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	return tu.c.dialTCP(ctx, tu.e, tu.cn, addr)
+}
+
+// Close closes the SSH connection and every connection opened through it.
+func (tu *Tunnel) Close() error { return tu.cn.Close() }
+
+// dialTCP opens a direct-tcpip channel on cn. Opening it is bounded like
+// opening a session; a stall closes the connection, and the next dial
+// through DialThrough makes a new one.
+func (c *Client) dialTCP(ctx context.Context, e *endpoint, cn *conn, addr string) (net.Conn, error) {
+	wd := newWatchdog(ctx, cn.Close)
+	wd.arm(nodeops.PhaseSession, c.opts.SessionTimeout)
+	nc, err := cn.client.Dial("tcp", addr)
+	if ok := wd.disarm(); !ok || err != nil {
+		if nc != nil {
+			nc.Close()
+		}
+		if p, fired := wd.timedOut(); fired {
+			return nil, timeoutErr(e, p, c.opts.SessionTimeout)
+		}
+		if wd.cancel.Load() {
+			return nil, c.ctxError(ctx, e, nodeops.PhaseSession)
+		}
+		return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseSession, Status: nodeops.StatusUnreachable,
+			Reason: "tunnel", Err: err}
+	}
+	return nc, nil
 }

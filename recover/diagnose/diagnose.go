@@ -58,6 +58,15 @@ type Env struct {
 	// Thresholds decide which suspects are reported as above threshold
 	// (zero fields: DefaultThresholds').
 	Thresholds Thresholds
+	// Tunnel opens an SSH connection to a node that TCP connections are
+	// made from: how cluster DNS is asked from every node (nil: it is
+	// not asked).
+	Tunnel func(ctx context.Context, t nodeops.Target) (Tunnel, error)
+	// DNSService is NAMESPACE/NAME of the cluster DNS Service (default
+	// DefaultDNSService); ClusterDomain the cluster's DNS domain
+	// (default cluster.local).
+	DNSService    string
+	ClusterDomain string
 }
 
 // Report is a diagnosis. It is also the JSON output of breakglass
@@ -76,9 +85,12 @@ type Report struct {
 	Talkers []Talker `json:"talkers"`
 	// ControlPlane is each control-plane node's view of its API server:
 	// its health, and its inbound connections per source.
-	ControlPlane []ControlPlaneNode  `json:"controlPlane"`
-	Nodes        []NodeResult        `json:"nodes"`
-	Census       *etcd.ClusterCensus `json:"census"`
+	ControlPlane []ControlPlaneNode `json:"controlPlane"`
+	// DNS is cluster DNS as every node sees it (absent when it was not
+	// asked: no SSH, or no DNS Service in etcd, said in Notes).
+	DNS    *DNSReport          `json:"dns,omitempty"`
+	Nodes  []NodeResult        `json:"nodes"`
+	Census *etcd.ClusterCensus `json:"census"`
 	// Reads are diagnose's own etcd reads; SSH its own SSH use.
 	Reads etcd.ReadStats `json:"etcdReads"`
 	SSH   SSHStats       `json:"ssh"`
@@ -91,8 +103,11 @@ type SSHStats struct {
 	// containerd connections opened (one channel each).
 	Sessions   int64 `json:"sessions"`
 	Containerd int64 `json:"containerd"`
-	Nodes      int   `json:"nodes"`
-	Failed     int   `json:"failed"`
+	// Tunnels counts the SSH connections that cluster DNS was asked
+	// through (one per node).
+	Tunnels int64 `json:"tunnels"`
+	Nodes   int   `json:"nodes"`
+	Failed  int   `json:"failed"`
 }
 
 // NodeResult is how reading one node went.
@@ -107,6 +122,8 @@ type NodeResult struct {
 	Processes []netconn.Process `json:"processes,omitempty"`
 	// Pods are the pods holding connections, as containerd named them.
 	Pods []PodConns `json:"pods,omitempty"`
+	// DNS is what cluster DNS answered this node.
+	DNS []DNSCheck `json:"dns,omitempty"`
 }
 
 // PodConns is a pod that holds connections to the API server.
@@ -156,6 +173,8 @@ type nodeRead struct {
 	podErr error
 	health *apiprobe.Health
 	hErr   error
+	dns    []DNSCheck
+	dnsErr error
 }
 
 // Run diagnoses the cluster. It fails only when etcd cannot be read; a
@@ -196,13 +215,40 @@ func Run(ctx context.Context, env Env) (*Report, error) {
 		defer wg.Done()
 		census, censusErr = store.Census(ctx, etcd.ClusterCensusOptions{Since: env.Since, Now: rep.Time})
 	}()
-	var sessions, crid atomic.Int64
+	var sessions, crid, tunnels atomic.Int64
 	var results []fanout.ResultOf[*nodeRead]
+	var dns *dnsPlan
+	if env.Tunnel != nil && env.Runner != nil && len(env.Nodes) > 0 {
+		dns = rep.planDNS(ctx, store, env)
+	}
 	if env.Runner != nil && len(env.Nodes) > 0 {
 		r := countingRunner{r: env.Runner, n: &sessions}
+		index := map[string]int{}
+		for i, t := range env.Nodes {
+			index[t.Name] = i
+		}
+		open := func(ctx context.Context, t nodeops.Target) (Tunnel, error) {
+			tunnels.Add(1)
+			return env.Tunnel(ctx, t)
+		}
 		results = fanout.RunOf(ctx, env.Nodes, fanout.OptionsOf[*nodeRead]{Concurrency: env.Concurrency, Timeout: env.NodeTimeout, Retries: 1},
 			func(ctx context.Context, t nodeops.Target) (*nodeRead, error) {
-				return readNode(ctx, env, r, &crid, t)
+				// Cluster DNS is asked beside the node's reads, each
+				// server within a quarter of the node's time at most: a
+				// healthy one answers in milliseconds.
+				var checks []DNSCheck
+				var dnsErr error
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					if dns != nil {
+						checks, dnsErr = askDNS(ctx, open, t, dns, index[t.Name], min(2*time.Second, env.NodeTimeout/4))
+					}
+				}()
+				nr, err := readNode(ctx, env, r, &crid, t)
+				<-done
+				nr.dns, nr.dnsErr = checks, dnsErr
+				return nr, err
 			})
 	} else {
 		rep.Notes = append(rep.Notes, "no nodes read (no inventory nodes or no SSH): suspects rest on etcd alone")
@@ -214,6 +260,7 @@ func Run(ctx context.Context, env Env) (*Report, error) {
 	rep.Census = census
 	rep.nameFromEtcd(ctx, store, census, results)
 	rep.assemble(env, census, results)
+	rep.assembleDNS(dns)
 	rep.Suspects = rank(rep, census, th)
 	for i := range rep.Suspects {
 		if rep.Suspects[i].AboveThreshold {
@@ -222,7 +269,7 @@ func Run(ctx context.Context, env Env) (*Report, error) {
 		}
 	}
 	rep.Reads = reads.Stats()
-	rep.SSH = SSHStats{Sessions: sessions.Load(), Containerd: crid.Load(), Nodes: len(results)}
+	rep.SSH = SSHStats{Sessions: sessions.Load(), Containerd: crid.Load(), Tunnels: tunnels.Load(), Nodes: len(results)}
 	for _, n := range rep.Nodes {
 		if n.Status != string(nodeops.StatusOK) {
 			rep.SSH.Failed++
@@ -310,6 +357,12 @@ func (rep *Report) assemble(env Env, c *etcd.ClusterCensus, results []fanout.Res
 				rep.Notes = append(rep.Notes, fmt.Sprintf("node %s: containerd: %v (its pods are named by uid)", r.Target.Name, read.podErr))
 			}
 			addTalkers(talkers, c, r.Target.Name, read.table, nr.Pods)
+		}
+		if read != nil {
+			nr.DNS = read.dns
+			if read.dnsErr != nil {
+				rep.Notes = append(rep.Notes, fmt.Sprintf("node %s: cluster DNS not asked: %v", r.Target.Name, firstLine(read.dnsErr.Error())))
+			}
 		}
 		if r.Target.HasRole("control-plane") {
 			cp := ControlPlaneNode{Node: r.Target.Name}

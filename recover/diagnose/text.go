@@ -113,6 +113,12 @@ func (r *Report) WriteText(w io.Writer) error {
 		n := c.Nodes
 		p("nodes %d/%d Ready  leases: %d stale (> %s), oldest %s, median %s", n.Ready, n.Total, n.StaleLeases, "40s", n.OldestLease, n.MedianLease)
 	}
+	if r.DNS != nil {
+		p("%s", r.DNS.Line())
+		if len(r.DNS.Failing) > 0 {
+			p("  failing on: %s", strings.Join(r.DNS.Failing, ", "))
+		}
+	}
 	p("")
 
 	// Who talks to the API server.
@@ -141,8 +147,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	for _, note := range r.Notes {
 		p("note: %s", note)
 	}
-	p("diagnose: %dms, etcd %d reads (%d keys, %s), ssh %d sessions + %d containerd on %d nodes (%d failed)",
-		r.TookMs, r.Reads.Ranges+r.Reads.Status, r.Reads.Keys, bytesString(r.Reads.Bytes), r.SSH.Sessions, r.SSH.Containerd, r.SSH.Nodes, r.SSH.Failed)
+	p("diagnose: %dms, etcd %d reads (%d keys, %s), ssh %d sessions + %d containerd + %d DNS tunnels on %d nodes (%d failed)",
+		r.TookMs, r.Reads.Ranges+r.Reads.Status, r.Reads.Keys, bytesString(r.Reads.Bytes), r.SSH.Sessions, r.SSH.Containerd, r.SSH.Tunnels, r.SSH.Nodes, r.SSH.Failed)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/pods"
+	"github.com/breakglass/breakglass/nodeops/sshclient"
 	"github.com/breakglass/breakglass/nodeops/selector"
 	"github.com/breakglass/breakglass/recover/diagnose"
 	"github.com/breakglass/breakglass/recover/steps"
@@ -87,6 +88,14 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 					n, _, err := k.Connect(ctx, t)
 					return n, err
 				}
+				// The SSH client opens tunnels too (a test's dialer may not).
+				if tu, ok := s.Env.SSH.(interface {
+					OpenTunnel(context.Context, nodeops.Target) (*sshclient.Tunnel, error)
+				}); ok {
+					env.Tunnel = func(ctx context.Context, t nodeops.Target) (diagnose.Tunnel, error) {
+						return tu.OpenTunnel(ctx, t)
+					}
+				}
 			}
 		}
 		rep, err := diagnose.Run(ctx, env)
@@ -94,6 +103,9 @@ func prepareDiagnose(ctx context.Context, s *Session, a Args) (*Action, error) {
 			return nil, err
 		}
 		s.Note("diagnose read %d etcd ranges and %d nodes (%d failed)", rep.Reads.Ranges, rep.SSH.Nodes, rep.SSH.Failed)
+		if rep.DNS != nil {
+			s.Note("%s", rep.DNS.Line())
+		}
 		res := suspectResult(rep.Suspect)
 		addPreemption(res, rep.Suspects)
 		if needKind != "" && !addKind(res, rep.Suspects, needKind) {
