@@ -170,6 +170,9 @@ func (k *kube) Events(ns string) res[corev1.Event] {
 func (k *kube) ConfigMaps(ns string) res[corev1.ConfigMap] {
 	return resourceOf[corev1.ConfigMap](k, coreGV, "configmaps", "ConfigMap", ns)
 }
+func (k *kube) Services(ns string) res[corev1.Service] {
+	return resourceOf[corev1.Service](k, coreGV, "services", "Service", ns)
+}
 func (k *kube) ServiceAccounts(ns string) res[corev1.ServiceAccount] {
 	return resourceOf[corev1.ServiceAccount](k, coreGV, "serviceaccounts", "ServiceAccount", ns)
 }

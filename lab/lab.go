@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -108,6 +109,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		return nil, err
 	}
 	cpImages, err := controlPlaneImages(ctx, opts.CacheDir, bins)
+	if err != nil {
+		return nil, err
+	}
+	corednsImage, err := EnsureCoreDNSImage(ctx, opts.CacheDir, opts.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +236,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		return l.waitStaticPods(gctx, cp, 2*time.Minute, etcdExe, apiserverExe, controllerManagerExe, schedulerExe)
 	})
 	for i, w := range s.HostsWithRole("worker") {
-		g.Go(func() error { return l.startKubeletHost(gctx, w, i+1, images) })
+		g.Go(func() error { return l.startKubeletHost(gctx, w, i+1, append(slices.Clip(images), corednsImage)) })
 	}
 	// A standby control-plane host: containerd with the API server's
 	// image, a kubelet, an empty manifests directory (pod subnets from
@@ -244,6 +249,9 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	logf("waiting for %d nodes to be Ready (the control plane's, %d standby and %d workers)", len(s.KubeletHosts()), len(s.HostsWithRole(StandbyRole)), opts.Workers)
 	if err := l.waitNodesReady(ctx, 120*time.Second); err != nil {
+		return nil, err
+	}
+	if err := l.deployCoreDNS(ctx, logf); err != nil {
 		return nil, err
 	}
 	logf("up in %s (%s building, %s starting)", time.Since(start).Round(100*time.Millisecond),

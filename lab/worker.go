@@ -87,7 +87,7 @@ cgroupsPerQOS: true
 enforceNodeAllocatable: ["pods"]
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 staticPodPath: /etc/kubernetes/manifests
-clusterDNS: ["10.96.0.10"]
+clusterDNS: ["%s"]
 clusterDomain: cluster.local
 failSwapOn: false
 rotateCertificates: false
@@ -103,7 +103,7 @@ imageGCLowThresholdPercent: 99
 nodeStatusUpdateFrequency: 10s
 nodeStatusReportFrequency: 30s
 maxPods: 110
-`, h.Name, h.Address, cgroupRoot(h))
+`, h.Name, h.Address, cgroupRoot(h), ClusterDNS)
 }
 
 func containerdSpec() Spec {
