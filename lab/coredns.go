@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -370,4 +372,110 @@ func (l *Lab) CoreDNSAddresses(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	return coreDNSAddresses(ctx, c)
+}
+
+// RestartCoreDNS kills CoreDNS's processes on the workers with SIGKILL, as
+// a crash, an OOM kill or a rollout would, and waits until their kubelets
+// run them again and each answers (whatever it answers). It returns each
+// server's answer to kubernetes.default then: NOERROR once CoreDNS has
+// synced with the API server, SERVFAIL while it cannot.
+func (l *Lab) RestartCoreDNS(ctx context.Context) (map[string]string, error) {
+	hosts, err := l.coreDNSHosts()
+	if err != nil {
+		return nil, err
+	}
+	old := map[int]bool{}
+	for _, h := range l.State.HostsWithRole("worker") {
+		for pid := range processArgvs(h, "/"+CoreDNSExe) {
+			old[pid] = true
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				return nil, fmt.Errorf("%s: kill coredns (%d): %w", h.Name, pid, err)
+			}
+		}
+	}
+	if len(old) == 0 {
+		return nil, fmt.Errorf("no CoreDNS process on the workers")
+	}
+	out := map[string]string{}
+	for _, h := range hosts {
+		addr := net.JoinHostPort(h.Address, "53")
+		var last string
+		err := poll(ctx, 200*time.Millisecond, 90*time.Second, func(ctx context.Context) bool {
+			for pid := range processArgvs(h, "/"+CoreDNSExe) {
+				if old[pid] {
+					return false
+				}
+			}
+			a, err := AskDNS(ctx, addr)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			out[addr] = a.Rcode
+			return true
+		})
+		if err == errTimeout {
+			return out, fmt.Errorf("%s: CoreDNS did not answer within 90s of being killed (last: %s)\nhint: see %s", h.Name, last, filepath.Join(l.State.Dir, "logs", h.Name+"-kubelet.log"))
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// WaitDNS waits until every CoreDNS server answers kubernetes.default
+// with its address (synced with the API server again).
+func (l *Lab) WaitDNS(ctx context.Context, timeout time.Duration) error {
+	hosts, err := l.coreDNSHosts()
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if err := waitDNSAnswers(ctx, net.JoinHostPort(h.Address, "53"), timeout); err != nil {
+			return fmt.Errorf("%s: CoreDNS: %w", h.Name, err)
+		}
+	}
+	return nil
+}
+
+// coreDNSHosts are the workers that run a CoreDNS process (found on the
+// machine, not through the API server); CoreDNS answers on their address.
+func (l *Lab) coreDNSHosts() ([]Host, error) {
+	var out []Host
+	for _, h := range l.State.HostsWithRole("worker") {
+		if len(processArgvs(h, "/"+CoreDNSExe)) > 0 {
+			out = append(out, h)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no CoreDNS process on the workers\nhint: lab up deploys it; see %s/logs/worker-*-kubelet.log", l.State.Dir)
+	}
+	return out, nil
+}
+
+// FreezeAPIServer stops cp-1's API server processes with SIGSTOP (an API
+// server that answers nothing, the worst of an overload) and returns the
+// function that thaws them. Keep it short: kubelets' leases lapse after 40s.
+func (l *Lab) FreezeAPIServer() (thaw func() error, err error) {
+	cp := l.State.Hosts[0]
+	var pids []int
+	for pid := range processArgvs(cp, apiserverExe) {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			return nil, fmt.Errorf("%s: stop the API server (%d): %w", cp.Name, pid, err)
+		}
+		pids = append(pids, pid)
+	}
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("%s: no API server process", cp.Name)
+	}
+	return func() error {
+		var errs []error
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}, nil
 }

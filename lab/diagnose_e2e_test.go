@@ -58,6 +58,9 @@ func diagnosisWith(t *testing.T, st *lab.State, inventory string) *diagnose.Repo
 	} else {
 		t.Logf("cp-1 apiserver: readyz %d in %d ms, 429s %.0f, problems %v", h.Code, h.LatencyMs, h.Rejected429, h.Problems)
 	}
+	if rep.DNS != nil && rep.SSH.Tunnels != int64(hosts) {
+		t.Errorf("cost: %d DNS tunnels, want one per node (%d)", rep.SSH.Tunnels, hosts)
+	}
 	if rep.Census == nil || rep.Census.Nodes.Total != len(st.KubeletHosts()) {
 		t.Errorf("census nodes: %+v", rep.Census)
 	}
@@ -80,6 +83,20 @@ func healthy(t *testing.T, st *lab.State) {
 	}
 	if len(rep.ControlPlane) == 0 || rep.ControlPlane[0].Health == nil || !rep.ControlPlane[0].Health.Ready {
 		t.Errorf("healthy lab: apiserver not ready on the node: %+v", rep.ControlPlane)
+	}
+	// Cluster DNS answers on every node, through the Service's address
+	// (the lab's stand-in for kube-proxy) and from the real CoreDNS, with
+	// default/kubernetes's address; CoreDNS's own connections to the API
+	// server make it no suspect.
+	if d := rep.DNS; d == nil || d.Nodes != len(st.Hosts) || d.Answered != d.Nodes || d.ClusterIP != lab.ClusterDNS || len(d.Endpoints) != 2 || d.Want == "" {
+		t.Errorf("healthy lab: cluster DNS %+v (notes %v)", d, rep.Notes)
+	} else {
+		t.Logf("%s", d.Line())
+	}
+	for _, s := range rep.Suspects {
+		if s.Kind == "Deployment" && s.Ref() == "kube-system/"+lab.CoreDNSDeployment && s.Evidence.Conns > 0 {
+			t.Errorf("healthy lab: CoreDNS a suspect by its connections: %+v", s)
+		}
 	}
 }
 
@@ -108,6 +125,14 @@ func diagnoseOverload(t *testing.T, l *lab.Lab) {
 		}
 	}
 	t.Logf("agent connections per worker: %v", perNode)
+	// The blast radius: cluster DNS asked from every node, whatever it
+	// answers now (the incident restarted CoreDNS under the saturated API
+	// server; TestIncidentDNSBlastRadius makes the failure certain).
+	if rep.DNS == nil || rep.DNS.Nodes != len(st.Hosts) {
+		t.Errorf("cluster DNS under the incident: %+v (notes %v)", rep.DNS, rep.Notes)
+	} else {
+		t.Logf("under the incident: %s", rep.DNS.Line())
+	}
 	if strings.Join(top.Selector, " ") != "--daemonset "+ref || top.ServiceAccount != ref {
 		t.Errorf("selector %v, service account %q", top.Selector, top.ServiceAccount)
 	}
@@ -195,4 +220,50 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestIncidentDNSBlastRadius: CoreDNS restarted while the API server
+// answers nothing cannot sync and answers SERVFAIL for every cluster name
+// (December 2024: service discovery failed with the control plane), and
+// diagnose, which needs no API server, shows it failing on every node.
+// Once the API server answers again, CoreDNS syncs and DNS answers.
+func TestIncidentDNSBlastRadius(t *testing.T) {
+	l := incidentLab(t)
+	st := l.State
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	thaw, err := l.FreezeAPIServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			thaw()
+		}
+	}()
+	answers, err := l.RestartCoreDNS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for addr, rcode := range answers {
+		if rcode != "SERVFAIL" {
+			t.Errorf("CoreDNS at %s restarted with no API server answered %s, want SERVFAIL", addr, rcode)
+		}
+	}
+	rep := diagnosis(t, st)
+	thawed = true
+	if err := thaw(); err != nil {
+		t.Fatal(err)
+	}
+	d := rep.DNS
+	if d == nil || d.Nodes != len(st.Hosts) || d.Answered != 0 || d.Rcodes["SERVFAIL"] != d.Nodes || len(d.Failing) != d.Nodes {
+		t.Errorf("cluster DNS with CoreDNS unsynced: %+v (notes %v)", d, rep.Notes)
+	} else {
+		t.Logf("%s", d.Line())
+	}
+	if err := l.WaitDNS(ctx, 2*time.Minute); err != nil {
+		t.Fatalf("after the API server came back: %v", err)
+	}
+	healthy(t, st)
 }

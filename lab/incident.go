@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -126,6 +127,11 @@ type OverloadResult struct {
 	// overloadCaps under which most of an ordinary user's requests missed
 	// the SLO).
 	CPUMillis int `json:"cpuMillis"`
+	// DNS is what each CoreDNS server answered for kubernetes.default
+	// once restarted under the saturated API server (SERVFAIL: it could
+	// not sync); DNSError why there is no such answer.
+	DNS      map[string]string `json:"dns,omitempty"`
+	DNSError string            `json:"dnsError,omitempty"`
 }
 
 // How long each step of an incident may take before it fails with what it
@@ -207,6 +213,16 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 			return res, err
 		}
 		logf("%s at %dm: tightening the cap", firstLine(err.Error()), cpu)
+	}
+	// December 2024's blast radius: cluster DNS that must resync with the
+	// saturated API server (CoreDNS restarted by a crash, an OOM kill or
+	// a rollout; node caches expiring) cannot, and fails every lookup.
+	logf("restarting CoreDNS on the workers, as a crash or a rollout would while the apiserver is saturated")
+	if res.DNS, err = l.RestartCoreDNS(ctx); err != nil {
+		res.DNSError = err.Error()
+		logf("cluster DNS: %v", err)
+	} else {
+		logf("cluster DNS after the restart: %s", describeDNS(res.DNS))
 	}
 	// The agents run on, whatever the apiserver lets their kubelets report.
 	if res.Agents, err = l.countOnWorkers(ctx, TelemetryNamespace); err != nil {
@@ -639,4 +655,13 @@ func waitRunning(ctx context.Context, c *kube, ns, selector string, want int, ti
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// describeDNS is each CoreDNS server's answer, in address order.
+func describeDNS(m map[string]string) string {
+	var parts []string
+	for _, a := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, a+" "+m[a])
+	}
+	return strings.Join(parts, ", ")
 }

@@ -101,6 +101,13 @@ func (l *Lab) Reset(ctx context.Context, log io.Writer) error {
 	if err := l.waitGoneFromWorkers(ctx, agentsTimeout, incidentNamespaces...); err != nil {
 		return err
 	}
+	// Cluster DNS resyncs once the API server answers (CoreDNS retries
+	// with back-off): the lab is healthy when it answers again.
+	if _, err := l.coreDNSHosts(); err != nil {
+		fmt.Fprintf(log, "incident: cluster DNS not checked: %v\n", firstLine(err.Error()))
+	} else if err := l.WaitDNS(ctx, 2*time.Minute); err != nil {
+		return err
+	}
 	fmt.Fprintln(log, "incident: every incident object is gone")
 	l.State.Incidents = nil
 	return l.State.Save()

@@ -123,12 +123,19 @@ type Evidence struct {
 // their connections alone.
 var controlPlaneProcesses = []string{"kubelet", "kube-apiserver", "kube-controller", "kube-scheduler", "kube-proxy", "etcd", "coredns"}
 
+// clusterWorkloads are the kube-system workloads of the cluster's own
+// clients, kubeadm's names: never suspects by their connections alone.
+var clusterWorkloads = []string{"coredns", "kube-dns", "kube-proxy"}
+
 // rank builds and orders the suspects.
 func rank(rep *Report, c *etcd.ClusterCensus, th Thresholds) []Suspect {
 	var out []Suspect
 	share, fsName := serviceAccountRequestShare(rep)
 	for _, t := range rep.Talkers {
 		if t.Kind == "Process" && slices.Contains(controlPlaneProcesses, t.Name) {
+			continue
+		}
+		if t.Namespace == "kube-system" && t.Kind != "Pod" && slices.Contains(clusterWorkloads, t.Name) {
 			continue
 		}
 		out = append(out, talkerSuspect(t, c, th, share, fsName))
