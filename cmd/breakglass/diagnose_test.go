@@ -17,16 +17,21 @@ func TestDiagnoseFlags(t *testing.T) {
 	d := testDeps()
 	d.Global.Output = "table"
 	cmd := newCmdDiagnose(d, func(o *diagnoseOptions) error { got = o; return nil })
-	cmd.SetArgs([]string{"--since", "2h", "--node-timeout", "3s", "--port", "7443"})
+	cmd.SetArgs([]string{"--since", "2h", "--node-timeout", "3s", "--port", "7443", "--dns-service", "dns/coredns", "--cluster-domain", "k8s.example"})
 	if err := cmd.Execute(); err != nil {
 		t.Fatal(err)
 	}
-	if got.since != 2*time.Hour || got.nodeTimeout != 3*time.Second || got.port != 7443 {
+	if got.since != 2*time.Hour || got.nodeTimeout != 3*time.Second || got.port != 7443 || got.dnsService != "dns/coredns" || got.domain != "k8s.example" {
 		t.Errorf("options: %+v", got)
 	}
-	for _, args := range [][]string{{"diagnose", "--since", "0s"}, {"diagnose", "-o", "yaml"}, {"diagnose", "extra"}} {
-		if code, _, errOut := run(t, testDeps(), args...); code != 2 {
+	for _, args := range [][]string{{"diagnose", "--since", "0s"}, {"diagnose", "-o", "yaml"}, {"diagnose", "extra"},
+		{"diagnose", "--dns-service", "kube-dns"}, {"diagnose", "--dns-service", "a/b/c"}, {"diagnose", "--dns-service", "/kube-dns"}} {
+		code, _, errOut := run(t, testDeps(), args...)
+		if code != 2 {
 			t.Errorf("%v: exit %d (%s)", args, code, errOut)
+		}
+		if args[1] == "--dns-service" && !strings.Contains(errOut, "--dns-service") {
+			t.Errorf("%v: the error does not name the flag: %s", args, errOut)
 		}
 	}
 }
