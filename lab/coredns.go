@@ -43,7 +43,8 @@ const (
 	// name); CoreDNSDeployment its Deployment.
 	DNSService        = "kube-dns"
 	CoreDNSDeployment = "coredns"
-	// coreDNSReplicas is kubeadm's replica count.
+	// coreDNSReplicas is kubeadm's replica count (fewer on a lab with
+	// fewer workers: one per worker at most).
 	coreDNSReplicas = 2
 	// dnsTable is the nft table that stands in for kube-proxy's rules
 	// for the DNS Service on each lab host.
@@ -140,6 +141,11 @@ func (l *Lab) deployCoreDNS(ctx context.Context, logf func(string, ...any)) erro
 	}
 	const ns = "kube-system"
 	cp := l.State.Hosts[0]
+	replicas := min(coreDNSReplicas, len(l.State.HostsWithRole("worker")))
+	if replicas == 0 {
+		logf("no workers: no cluster DNS")
+		return nil
+	}
 	objs := []func() error{
 		func() error {
 			_, err := c.ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: CoreDNSDeployment}}, metav1.CreateOptions{})
@@ -168,7 +174,7 @@ func (l *Lab) deployCoreDNS(ctx context.Context, logf func(string, ...any)) erro
 			return err
 		},
 		func() error {
-			_, err := c.Deployments(ns).Create(ctx, coreDNSDeployment(cp.Address), metav1.CreateOptions{})
+			_, err := c.Deployments(ns).Create(ctx, coreDNSDeployment(cp.Address, replicas), metav1.CreateOptions{})
 			return err
 		},
 		func() error {
@@ -191,14 +197,15 @@ func (l *Lab) deployCoreDNS(ctx context.Context, logf func(string, ...any)) erro
 			return fmt.Errorf("coredns: %w", err)
 		}
 	}
-	logf("waiting for CoreDNS (%d replicas on the workers' host network)", coreDNSReplicas)
+	logf("waiting for CoreDNS (%d replicas on the workers' host network)", replicas)
 	var addrs []string
+	var last error
 	err = poll(ctx, time.Second, 2*time.Minute, func(ctx context.Context) bool {
-		addrs, err = coreDNSAddresses(ctx, c)
-		return err == nil && len(addrs) == coreDNSReplicas
+		addrs, last = coreDNSAddresses(ctx, c)
+		return last == nil && len(addrs) == replicas
 	})
 	if err == errTimeout {
-		return fmt.Errorf("coredns: %d of %d pods running after 2m (%v)\nhint: see %s/logs/worker-*-kubelet.log", len(addrs), coreDNSReplicas, err, l.State.Dir)
+		return fmt.Errorf("coredns: %d of %d pods running after 2m (last error: %v)\nhint: see %s/logs/worker-*-kubelet.log", len(addrs), replicas, last, l.State.Dir)
 	}
 	if err != nil {
 		return err
@@ -219,7 +226,7 @@ func (l *Lab) deployCoreDNS(ctx context.Context, logf func(string, ...any)) erro
 // and outside cp-1 (the overload's CPU cap is on cp-1's pods). It reaches
 // the API server at cp-1's address with its service account, as the
 // in-cluster config does.
-func coreDNSDeployment(apiserverHost string) *appsv1.Deployment {
+func coreDNSDeployment(apiserverHost string, replicas int) *appsv1.Deployment {
 	res := corev1.ResourceRequirements{
 		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("70Mi")},
 		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("170Mi")},
@@ -227,7 +234,7 @@ func coreDNSDeployment(apiserverHost string) *appsv1.Deployment {
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: CoreDNSDeployment, Labels: coreDNSLabels},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](coreDNSReplicas),
+			Replicas: ptr.To(int32(replicas)),
 			Selector: &metav1.LabelSelector{MatchLabels: coreDNSLabels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: coreDNSLabels},
@@ -337,7 +344,7 @@ table ip %[1]s {
 func waitDNSAnswers(ctx context.Context, addr string, timeout time.Duration) error {
 	var last string
 	err := poll(ctx, 500*time.Millisecond, timeout, func(ctx context.Context) bool {
-		a, err := AskDNS(ctx, addr)
+		a, err := askDNS(ctx, addr)
 		if err != nil {
 			last = err.Error()
 			return false
@@ -351,9 +358,9 @@ func waitDNSAnswers(ctx context.Context, addr string, timeout time.Duration) err
 	return err
 }
 
-// AskDNS asks the DNS server at addr (from this machine, over TCP) for
+// askDNS asks the DNS server at addr (from this machine, over TCP) for
 // kubernetes.default.svc.cluster.local, within 2 seconds.
-func AskDNS(ctx context.Context, addr string) (dnsprobe.Answer, error) {
+func askDNS(ctx context.Context, addr string) (dnsprobe.Answer, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var d net.Dialer
@@ -363,15 +370,6 @@ func AskDNS(ctx context.Context, addr string) (dnsprobe.Answer, error) {
 	}
 	defer conn.Close()
 	return dnsprobe.Query(ctx, conn, "kubernetes.default.svc.cluster.local.")
-}
-
-// CoreDNSAddresses are the addresses CoreDNS's pods run at (their workers').
-func (l *Lab) CoreDNSAddresses(ctx context.Context) ([]string, error) {
-	c, err := l.client()
-	if err != nil {
-		return nil, err
-	}
-	return coreDNSAddresses(ctx, c)
 }
 
 // RestartCoreDNS kills CoreDNS's processes on the workers with SIGKILL, as
@@ -406,7 +404,7 @@ func (l *Lab) RestartCoreDNS(ctx context.Context) (map[string]string, error) {
 					return false
 				}
 			}
-			a, err := AskDNS(ctx, addr)
+			a, err := askDNS(ctx, addr)
 			if err != nil {
 				last = err.Error()
 				return false

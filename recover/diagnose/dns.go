@@ -86,7 +86,7 @@ type dnsPlan struct {
 	name string
 }
 
-// dnsTargets are the servers node i asks: the Service's address, then up
+// targets are the checks node i makes: the Service's address, then up
 // to MaxDNSEndpoints of its servers starting at i, ready ones first.
 func (p *dnsPlan) targets(i int) []DNSCheck {
 	var out []DNSCheck

@@ -7,8 +7,8 @@ import (
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/pods"
-	"github.com/breakglass/breakglass/nodeops/sshclient"
 	"github.com/breakglass/breakglass/nodeops/selector"
+	"github.com/breakglass/breakglass/nodeops/sshclient"
 	"github.com/breakglass/breakglass/recover/diagnose"
 	"github.com/breakglass/breakglass/recover/steps"
 )
