@@ -2,6 +2,7 @@ package sshclient
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 
@@ -69,25 +70,43 @@ func (tu *Tunnel) Dial(ctx context.Context, addr string) (net.Conn, error) {
 // Close closes the SSH connection and every connection opened through it.
 func (tu *Tunnel) Close() error { return tu.cn.Close() }
 
-// dialTCP opens a direct-tcpip channel on cn. Opening it is bounded like
-// opening a session; a stall closes the connection, and the next dial
-// through DialThrough makes a new one.
+// dialTCP opens a direct-tcpip channel on cn (see dialChannel).
 func (c *Client) dialTCP(ctx context.Context, e *endpoint, cn *conn, addr string) (net.Conn, error) {
-	wd := newWatchdog(ctx, cn.Close)
-	wd.arm(nodeops.PhaseSession, c.opts.SessionTimeout)
-	nc, err := cn.client.Dial("tcp", addr)
-	if ok := wd.disarm(); !ok || err != nil {
-		if nc != nil {
-			nc.Close()
-		}
-		if p, fired := wd.timedOut(); fired {
-			return nil, timeoutErr(e, p, c.opts.SessionTimeout)
-		}
-		if wd.cancel.Load() {
-			return nil, c.ctxError(ctx, e, nodeops.PhaseSession)
-		}
+	nc, err, fail := c.dialChannel(ctx, e, cn, "tcp", addr)
+	if fail != nil {
+		return nil, fail
+	}
+	if err != nil {
 		return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseSession, Status: nodeops.StatusUnreachable,
 			Reason: "tunnel", Err: err}
 	}
 	return nc, nil
+}
+
+// dialChannel opens a direct-tcpip ("tcp") or direct-streamlocal ("unix")
+// channel on cn within SessionTimeout; a stall closes the connection. A
+// stall or a cancel is fail, a *nodeops.Error; the server's own refusal
+// (or a lost connection) is err, for the caller to explain.
+func (c *Client) dialChannel(ctx context.Context, e *endpoint, cn *conn, network, addr string) (nc net.Conn, err, fail error) {
+	wd := newWatchdog(ctx, cn.Close)
+	wd.arm(nodeops.PhaseSession, c.opts.SessionTimeout)
+	// Dial rather than DialContext: the watchdog bounds it, and closing the
+	// connection on a stall also ends the goroutine DialContext would leave.
+	nc, err = cn.client.Dial(network, addr)
+	if ok := wd.disarm(); ok && err == nil {
+		return nc, nil, nil
+	}
+	if nc != nil {
+		nc.Close()
+	}
+	if p, fired := wd.timedOut(); fired {
+		return nil, err, timeoutErr(e, p, c.opts.SessionTimeout)
+	}
+	if wd.cancel.Load() {
+		return nil, err, c.ctxError(ctx, e, nodeops.PhaseSession)
+	}
+	if err == nil {
+		err = errors.New("channel closed while it opened")
+	}
+	return nil, err, nil
 }

@@ -115,21 +115,11 @@ func (c *Client) DialUnix(ctx context.Context, t nodeops.Target, path string, vi
 // forwardUnix opens a direct-streamlocal channel to path within
 // SessionTimeout.
 func (c *Client) forwardUnix(ctx context.Context, e *endpoint, cn *conn, path string) (net.Conn, error) {
-	wd := newWatchdog(ctx, cn.Close)
-	wd.arm(nodeops.PhaseSession, c.opts.SessionTimeout)
-	// Dial rather than DialContext: the watchdog bounds it, and closing the
-	// connection on a stall also ends the goroutine DialContext would leave.
-	nc, err := cn.client.Dial("unix", path)
-	if ok := wd.disarm(); !ok || err != nil {
-		if nc != nil {
-			nc.Close()
-		}
-		if p, fired := wd.timedOut(); fired {
-			return nil, timeoutErr(e, p, c.opts.SessionTimeout)
-		}
-		if wd.cancel.Load() {
-			return nil, c.ctxError(ctx, e, nodeops.PhaseSession)
-		}
+	nc, err, fail := c.dialChannel(ctx, e, cn, "unix", path)
+	if fail != nil {
+		return nil, fail
+	}
+	if err != nil {
 		var oc *ssh.OpenChannelError
 		if !errors.As(err, &oc) {
 			return nil, &nodeops.Error{Node: e.name, Phase: nodeops.PhaseSession, Status: nodeops.StatusUnreachable,
