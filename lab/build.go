@@ -86,15 +86,11 @@ func EnsureBinaries(ctx context.Context, cacheDir string, log io.Writer) (Binari
 		return b, err
 	}
 	// One build at a time per cache (lab up, benchmarks and CI may race).
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := lockDir(dir)
 	if err != nil {
 		return b, err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return b, err
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	defer unlock()
 
 	gomod, tools := buildRecipe()
 	sum := sha256.Sum256([]byte(gomod + tools + strings.Join(kubeBinaries, ",") + buildRecipeVersion))
@@ -145,6 +141,23 @@ func EnsureBinaries(ctx context.Context, cacheDir string, log io.Writer) (Binari
 	}
 	fmt.Fprintf(log, "lab: built in %s\n", time.Since(start).Round(time.Second))
 	return b, os.WriteFile(stampPath, []byte(stamp), 0o644)
+}
+
+// lockDir takes dir's build lock (a flock on dir/.lock), waiting for
+// another process's build to end, and returns its release.
+func lockDir(dir string) (unlock func(), err error) {
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return func() {
+		syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+		lock.Close()
+	}, nil
 }
 
 func goCmd(ctx context.Context, dir string, log io.Writer, args ...string) error {

@@ -95,6 +95,19 @@ func EnsureCoreDNSImage(ctx context.Context, cacheDir string, log io.Writer) (st
 	if _, err := os.Stat(tar); err == nil {
 		return tar, nil
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	// One build at a time per cache, as for the Kubernetes binaries; the
+	// one that waited finds the image built.
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(tar); err == nil {
+		return tar, nil
+	}
 	src := filepath.Join(dir, "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		return "", err
