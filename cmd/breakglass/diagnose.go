@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/breakglass/breakglass/nodeops"
 	"github.com/breakglass/breakglass/nodeops/pods"
@@ -86,6 +87,9 @@ printed), 130 cancelled.`,
 			}
 			if ns, name, ok := strings.Cut(o.dnsService, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 				return usagef("--dns-service %q: must be NAMESPACE/NAME, e.g. kube-system/kube-dns", o.dnsService)
+			}
+			if errs := validation.IsDNS1123Subdomain(strings.Trim(o.domain, ".")); len(errs) > 0 {
+				return usagef("--cluster-domain %q: %s, e.g. cluster.local", o.domain, errs[0])
 			}
 			if o.nodeTimeout <= 0 {
 				return usagef("--node-timeout %s: must be positive", o.nodeTimeout)

@@ -25,12 +25,12 @@ func TestDiagnoseFlags(t *testing.T) {
 		t.Errorf("options: %+v", got)
 	}
 	for _, args := range [][]string{{"diagnose", "--since", "0s"}, {"diagnose", "-o", "yaml"}, {"diagnose", "extra"},
-		{"diagnose", "--dns-service", "kube-dns"}, {"diagnose", "--dns-service", "a/b/c"}, {"diagnose", "--dns-service", "/kube-dns"}} {
+		{"diagnose", "--dns-service", "kube-dns"}, {"diagnose", "--dns-service", "a/b/c"}, {"diagnose", "--dns-service", "/kube-dns"}, {"diagnose", "--cluster-domain", "Cluster_Local"}} {
 		code, _, errOut := run(t, testDeps(), args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d (%s)", args, code, errOut)
 		}
-		if args[1] == "--dns-service" && !strings.Contains(errOut, "--dns-service") {
+		if strings.HasPrefix(args[1], "--") && args[1] != "--since" && !strings.Contains(errOut, args[1]) {
 			t.Errorf("%v: the error does not name the flag: %s", args, errOut)
 		}
 	}
