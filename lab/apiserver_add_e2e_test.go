@@ -211,7 +211,7 @@ func TestLabAPIServerAddRemove(t *testing.T) {
 // servers (the lab has no load balancer, and its agents are pinned to
 // cp-1's address); the requests cp-2 answers are within the SLO. It ends
 // the incident (lab incident reset) to undo the add.
-func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult) {
+func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, calm, saturated lab.Refusals) {
 	st := l.State
 	bin := os.Getenv("BREAKGLASS_BIN")
 	if bin == "" {
@@ -247,6 +247,19 @@ func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult) {
 	lab.WriteProbes(&tbl, []lab.Probe{res.Before, res.After, both, onCP2})
 	t.Logf("an ordinary user (oncall), %dm CPU on cp-1's API server; scaleout: round-robin over cp-1 and cp-2 after apiserver add:\n%s", res.CPUMillis, tbl.String())
 	fmt.Printf("overload scale-out (%dm CPU on cp-1):\n%s", res.CPUMillis, tbl.String())
+	// Who is refused behind the round-robin: the agents stay pinned to
+	// cp-1; the ordinary users are answered by both.
+	added, err := l.MeasureRefusals(ctx, "cp-2 added", 10, []string{st.APIServer, cp2URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl.Reset()
+	lab.WriteRefusals(&tbl, []lab.Refusals{calm, saturated, added})
+	t.Logf("who the API servers refused, before, saturated and after apiserver add:\n%s", tbl.String())
+	fmt.Printf("overload refusals, before and after apiserver add (round-robin over cp-1 and cp-2):\n%s", tbl.String())
+	if n := added.Oncall.Throttled + added.Workload.Throttled; n > 1 {
+		t.Errorf("after the add the ordinary users got %d 429s", n)
+	}
 	if onCP2.Missed() > 1 {
 		t.Errorf("cp-2's API server: %d of %d requests missed the %s SLO: %+v", onCP2.Missed(), onCP2.Requests, lab.SLO, onCP2)
 	}

@@ -1,7 +1,9 @@
 package lab_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -234,5 +236,59 @@ func tuneRefusedUnderOverload(t *testing.T, l *lab.Lab) {
 	}
 	if after := apiserverArgs(t, st, cp); after != before {
 		t.Errorf("after the dry runs cp-1's API server runs with %q, before %q", after, before)
+	}
+}
+
+// inflightRaisedBeforeOverload is the inflight lever, measured, a subtest
+// of TestIncidentOverload on the lab it reset: breakglass apiserver tune
+// doubles cp-1's inflight limits (800 and 400) while the API server is
+// healthy (under the saturation the tune is refused, see
+// tuneRefusedUnderOverload), and the overload incident runs again at the
+// cap that saturated it with the default limits. The seats API Priority
+// and Fairness gives each priority level double; who is refused, and how
+// the ordinary users are answered, with the default limits and the doubled
+// ones, is printed side by side (docs/lab.md says what it showed).
+func inflightRaisedBeforeOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, saturated lab.Refusals) {
+	st := l.State
+	bin := os.Getenv("BREAKGLASS_BIN")
+	if bin == "" {
+		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
+	}
+	cp := st.Hosts[0]
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := b.run("apiserver", "tune", "--nodes", cp.Name, "--max-requests-inflight", "800", "--max-mutating-requests-inflight", "400", "--yes", "--journal", b.jnl)
+	if r.code != 0 {
+		t.Fatalf("tune of the healthy API server: exit %d", r.code)
+	}
+	if args := apiserverArgs(t, st, cp); !strings.Contains(args, "--max-requests-inflight=800") || !strings.Contains(args, "--max-mutating-requests-inflight=400") {
+		t.Fatalf("after the tune the apiserver runs with %q", args)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	again, err := l.OverloadWith(ctx, testLog{t}, lab.OverloadOptions{CPUMillis: res.CPUMillis, KeepFlags: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raised, err := l.MeasureRefusals(ctx, "raised", 10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saturated.Phase = "default"
+	var tbl strings.Builder
+	lab.WriteRefusals(&tbl, []lab.Refusals{saturated, raised})
+	fmt.Fprintf(&tbl, "APF rejected: default limits %s; raised %s\n", lab.DescribeRejected(saturated.Rejected), lab.DescribeRejected(raised.Rejected))
+	res.After.Phase, again.After.Phase = "default", "raised"
+	lab.WriteProbes(&tbl, []lab.Probe{res.After, again.After})
+	t.Logf("the overload at %dm CPU, inflight limits 400/200 (default) and 800/400 (raised):\n%s", res.CPUMillis, tbl.String())
+	fmt.Printf("overload with the inflight limits raised (%dm CPU on cp-1; 400/200, then 800/400):\n%s", res.CPUMillis, tbl.String())
+	// The lever took: APF's levels have twice the seats (each level's
+	// share is rounded up, so allow one seat of rounding per doubling).
+	for _, level := range []string{"global-default", "workload-low"} {
+		if d, r := saturated.Seats[level], raised.Seats[level]; d == 0 || r < 2*d-1 {
+			t.Errorf("%s: %d nominal seats with the default limits, %d raised: want about twice", level, d, r)
+		}
 	}
 }

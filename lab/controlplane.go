@@ -172,7 +172,7 @@ func apiserverSpec(cp Host, extra map[string]string) Spec {
 		flags[k] = v
 	}
 	// The container's command: the static pod's (see staticpod.go). A CPU
-	// cap (overloadSpec) goes on the host's pods, not in the manifest.
+	// cap (the overload incident's) goes on the host's pods, not in the manifest.
 	return Spec{Argv: append([]string{bin}, sortedFlags(flags)...)}
 }
 

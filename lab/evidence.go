@@ -1,17 +1,12 @@
 package lab
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net/http"
-	"sort"
-	"strconv"
 	"strings"
 	"time"
 
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -53,52 +48,17 @@ func (l *Lab) ProbeServers(ctx context.Context, phase string, n int, servers []s
 }
 
 func (l *Lab) probeServers(ctx context.Context, phase string, n int, timeout time.Duration, servers []string) (Probe, error) {
-	p := Probe{Phase: phase, Requests: n}
 	cfg, err := clientcmd.BuildConfigFromFlags("", l.State.OncallKubeconfig)
 	if err != nil {
-		return p, err
+		return Probe{Phase: phase, Requests: n}, err
 	}
-	rt, err := rest.TransportFor(cfg)
+	p, err := probeAs(ctx, cfg, phase, n, timeout, servers, "/api/v1/pods?limit=500")
 	if err != nil {
 		return p, err
 	}
-	hc := &http.Client{Transport: rt, Timeout: timeout}
-	var lat []time.Duration
-	for i := 0; i < n; i++ {
-		req, _ := http.NewRequestWithContext(ctx, "GET", servers[i%len(servers)]+"/api/v1/pods?limit=500", nil)
-		start := time.Now()
-		resp, err := hc.Do(req)
-		d := time.Since(start)
-		lat = append(lat, d)
-		switch {
-		case ctx.Err() != nil:
-			return p, ctx.Err()
-		case err != nil && isTimeout(err):
-			p.TimedOut++
-		case err != nil:
-			p.Failed++
-		default:
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			switch {
-			case resp.StatusCode == http.StatusTooManyRequests:
-				p.Throttled++
-			case resp.StatusCode < 300:
-				p.OK++
-				if d >= SLO {
-					p.Slow++
-				}
-			default:
-				p.Failed++
-			}
-		}
-		sleepCtx(ctx, 100*time.Millisecond)
+	if c, err := l.apfCounts(ctx, []string{l.State.APIServer}); err == nil {
+		p.Rejected429 = c.total429
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	p.P50 = lat[len(lat)/2].Round(time.Millisecond)
-	p.Max = lat[len(lat)-1].Round(time.Millisecond)
-	p.P50Ms, p.MaxMs = p.P50.Milliseconds(), p.Max.Milliseconds()
-	p.Rejected429, _ = l.apiserver429s(ctx)
 	return p, nil
 }
 
@@ -108,32 +68,6 @@ func isTimeout(err error) bool {
 		return true
 	}
 	return strings.Contains(err.Error(), "Client.Timeout") || strings.Contains(err.Error(), "deadline exceeded")
-}
-
-// apiserver429s reads apiserver_request_total{code="429"} from /metrics as
-// the admin (system:masters is exempt from the inflight limits, so this
-// answers during the incident).
-func (l *Lab) apiserver429s(ctx context.Context) (int64, error) {
-	c, err := l.client()
-	if err != nil {
-		return 0, err
-	}
-	body, err := c.raw(ctx, "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	var total float64
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "apiserver_request_total{") && strings.Contains(line, `code="429"`) {
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			total += v
-		}
-	}
-	return int64(total), nil
 }
 
 // WriteProbes prints probes as a table.

@@ -106,14 +106,6 @@ func (l *Lab) rememberOverloadCap(cpu int) error {
 	return writeAtomic(l.overloadCapFile(), []byte(strconv.Itoa(cpu)+"\n"), 0o644)
 }
 
-// overloadSpec is the apiserver's spec during the overload incident: the
-// lab's default flags, with its CPU capped at cpuMillis.
-func (l *Lab) overloadSpec(cpuMillis int) Spec {
-	s := l.defaultAPIServerSpec()
-	s.CPUMillis = cpuMillis
-	return s
-}
-
 // OverloadResult is the evidence of the overload incident.
 type OverloadResult struct {
 	Before Probe `json:"before"`
@@ -155,6 +147,23 @@ const (
 // controllers, scheduler and kubelets that must start the agents, and the
 // incident would start only sometimes.
 func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, error) {
+	return l.OverloadWith(ctx, log, OverloadOptions{})
+}
+
+// OverloadOptions change how the overload incident meets the API server,
+// for comparisons at one cap.
+type OverloadOptions struct {
+	// CPUMillis, when set, is the only cap tried, and the evidence is
+	// taken under it whether it saturates the API server or not: no
+	// search, and the cap is not kept for the next incident.
+	CPUMillis int
+	// KeepFlags keeps the command cp-1's API server runs with (a tune
+	// made before the incident) instead of the lab's default.
+	KeepFlags bool
+}
+
+// OverloadWith is Overload with opts.
+func (l *Lab) OverloadWith(ctx context.Context, log io.Writer, opts OverloadOptions) (*OverloadResult, error) {
 	logf := func(format string, a ...any) { fmt.Fprintf(log, "incident: "+format+"\n", a...) }
 	c, err := l.client()
 	if err != nil {
@@ -163,7 +172,15 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 	if _, err := c.DaemonSets(TelemetryNamespace).Get(ctx, TelemetryDaemonSet, metav1.GetOptions{}); err == nil {
 		return nil, fmt.Errorf("the overload incident is already running (DaemonSet %s/%s exists)\nhint: run breakglass lab incident reset first", TelemetryNamespace, TelemetryDaemonSet)
 	}
-	if !l.apiserverHasDefaultFlags() {
+	spec := l.defaultAPIServerSpec()
+	if opts.KeepFlags {
+		if spec.Argv, err = apiserverCommand(l.State.Hosts[0]); err != nil {
+			return nil, err
+		}
+		if cpu, err := hostCPUCap(l.State.Hosts[0]); err != nil || cpu != 0 {
+			return nil, fmt.Errorf("the apiserver on %s is capped at %dm CPU (an incident left it changed)\nhint: run breakglass lab incident reset first", l.State.Hosts[0].Name, cpu)
+		}
+	} else if !l.apiserverHasDefaultFlags() {
 		return nil, fmt.Errorf("the apiserver on %s does not run with the lab's default spec (an incident left it changed)\nhint: run breakglass lab incident reset first", l.State.Hosts[0].Name)
 	}
 	res := &OverloadResult{}
@@ -187,18 +204,32 @@ func (l *Lab) Overload(ctx context.Context, log io.Writer) (*OverloadResult, err
 	}
 
 	caps := overloadCaps
-	if last := l.lastOverloadCap(); last > 0 {
+	if opts.CPUMillis > 0 {
+		caps = []int{opts.CPUMillis}
+	} else if last := l.lastOverloadCap(); last > 0 {
 		i := slices.Index(overloadCaps, last)
 		caps = overloadCaps[i:]
 		logf("the last overload incident in this lab saturated the apiserver at %dm: starting there (%s)", last, l.overloadCapFile())
 	}
 	for i, cpu := range caps {
 		logf("capping the apiserver at %dm CPU (API Priority and Fairness stays on, in its default configuration)", cpu)
-		if err := l.setAPIServerSpec(ctx, l.overloadSpec(cpu)); err != nil {
+		spec.CPUMillis = cpu
+		if err := l.setAPIServerSpec(ctx, spec); err != nil {
 			return res, err
 		}
 		logf("letting the load build until an ordinary user's requests miss the %s SLO", SLO)
 		err := l.waitSaturated(ctx, loadTimeout)
+		if opts.CPUMillis > 0 {
+			// One cap, saturated or not: the evidence is what it is.
+			if err != nil {
+				logf("%s at %dm: taking the evidence all the same", firstLine(err.Error()), cpu)
+			}
+			if res.After, err = l.probeAPI(ctx, "after", 20, 5*time.Second); err != nil {
+				return res, err
+			}
+			res.CPUMillis = cpu
+			break
+		}
 		if err == nil {
 			res.After, err = l.saturatedEvidence(ctx, logf, cpu)
 		}

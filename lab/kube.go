@@ -44,7 +44,17 @@ func newKubeUnlimited(kubeconfigPath string, timeout time.Duration) (*kube, erro
 }
 
 func newKubeQPS(kubeconfigPath string, timeout time.Duration, qps float32, burst int) (*kube, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfigPath)
+	return newKubeHost(kubeconfigPath, "", timeout, qps, burst)
+}
+
+// newKubeAt is newKube's client for the API server at host (a URL) with
+// kubeconfigPath's credentials: the lab's second API server, on cp-2.
+func newKubeAt(kubeconfigPath, host string, timeout time.Duration) (*kube, error) {
+	return newKubeHost(kubeconfigPath, host, timeout, 50, 100)
+}
+
+func newKubeHost(kubeconfigPath, host string, timeout time.Duration, qps float32, burst int) (*kube, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags(host, kubeconfigPath)
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +195,10 @@ func (k *kube) Deployments(ns string) res[appsv1.Deployment] {
 func (k *kube) ClusterRoles() res[rbacv1.ClusterRole] {
 	return resourceOf[rbacv1.ClusterRole](k, rbacGV, "clusterroles", "ClusterRole", "")
 }
+func (k *kube) RoleBindings(ns string) res[rbacv1.RoleBinding] {
+	return resourceOf[rbacv1.RoleBinding](k, rbacGV, "rolebindings", "RoleBinding", ns)
+}
+
 func (k *kube) ClusterRoleBindings() res[rbacv1.ClusterRoleBinding] {
 	return resourceOf[rbacv1.ClusterRoleBinding](k, rbacGV, "clusterrolebindings", "ClusterRoleBinding", "")
 }
