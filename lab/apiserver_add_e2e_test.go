@@ -77,19 +77,12 @@ func TestLabAPIServerAddRemove(t *testing.T) {
 	if os.Getenv("BREAKGLASS_LAB_INCIDENTS") != "1" {
 		t.Skip("runs in the incidents phase of make test, alone (BREAKGLASS_LAB_INCIDENTS=1): it starts a second API server")
 	}
-	bin := os.Getenv("BREAKGLASS_BIN")
-	if bin == "" {
-		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
-	}
 	standby := st.HostsWithRole(lab.StandbyRole)
 	if len(standby) == 0 {
 		t.Skip("the lab has no standby host (lab up --standby=false)")
 	}
 	cp1, cp2 := st.HostsWithRole("control-plane")[0], standby[0]
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
-	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	b := newBGRun(t, st)
 	before := etcTree(t, cp2)
 	t.Cleanup(func() {
 		// Whatever failed: no API server left on cp-2 for the tests after.
@@ -213,10 +206,6 @@ func TestLabAPIServerAddRemove(t *testing.T) {
 // the incident (lab incident reset) to undo the add.
 func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, calm, saturated lab.Refusals) {
 	st := l.State
-	bin := os.Getenv("BREAKGLASS_BIN")
-	if bin == "" {
-		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
-	}
 	standby := st.HostsWithRole(lab.StandbyRole)
 	if len(standby) == 0 {
 		t.Skip("the lab has no standby host (lab up --standby=false)")
@@ -224,10 +213,7 @@ func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, calm, s
 	cp2 := standby[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
-	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	b := newBGRun(t, st)
 	// Whatever failed: no API server left on cp-2 for the tests after.
 	t.Cleanup(func() { os.Remove(lab.APIServerManifest(cp2)) })
 	add := b.run("apiserver", "add", "--node", cp2.Name, "--yes", "-o", "json", "--journal", b.jnl, "--wait", "5m")

@@ -207,12 +207,8 @@ func changeID(t *testing.T, stdout string) string {
 // sshd (TestAPIServerTuneCommand, TestTuneRefusesAnAPIServerThatDoesNotAnswer).
 func tuneRefusedUnderOverload(t *testing.T, l *lab.Lab) {
 	st := l.State
-	bin := os.Getenv("BREAKGLASS_BIN")
-	if bin == "" {
-		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
-	}
 	cp := st.Hosts[0]
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	b := newBGRun(t, st)
 	before := apiserverArgs(t, st, cp)
 	if before == "" {
 		t.Fatalf("no single kube-apiserver process on %s", cp.Name)
@@ -250,15 +246,8 @@ func tuneRefusedUnderOverload(t *testing.T, l *lab.Lab) {
 // ones, is printed side by side (docs/lab.md says what it showed).
 func inflightRaisedBeforeOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, saturated lab.Refusals) {
 	st := l.State
-	bin := os.Getenv("BREAKGLASS_BIN")
-	if bin == "" {
-		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
-	}
 	cp := st.Hosts[0]
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
-	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	b := newBGRun(t, st)
 	r := b.run("apiserver", "tune", "--nodes", cp.Name, "--max-requests-inflight", "800", "--max-mutating-requests-inflight", "400", "--yes", "--journal", b.jnl)
 	if r.code != 0 {
 		t.Fatalf("tune of the healthy API server: exit %d", r.code)

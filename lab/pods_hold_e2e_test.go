@@ -38,6 +38,21 @@ type bgRun struct {
 	jnl string
 }
 
+// newBGRun is a bgRun of the binary make test built on st's inventory,
+// with a journal of its own.
+func newBGRun(t *testing.T, st *lab.State) *bgRun {
+	t.Helper()
+	bin := os.Getenv("BREAKGLASS_BIN")
+	if bin == "" {
+		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
+	}
+	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
+	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 type bgResult struct {
 	code           int
 	stdout, stderr string
