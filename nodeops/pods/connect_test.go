@@ -25,7 +25,10 @@ func (s *criStub) ListPodSandbox(_ context.Context, req *runtimeapi.ListPodSandb
 	return &runtimeapi.ListPodSandboxResponse{Items: []*runtimeapi.PodSandbox{sb}}, nil
 }
 
-func (s *criStub) ListContainers(context.Context, *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+func (s *criStub) ListContainers(_ context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	if uid := req.GetFilter().GetLabelSelector()[LabelPodUID]; uid != "" && uid != "u1" {
+		return &runtimeapi.ListContainersResponse{}, nil
+	}
 	st := runtimeapi.ContainerState_CONTAINER_RUNNING
 	if len(s.stopped) > 0 {
 		st = runtimeapi.ContainerState_CONTAINER_EXITED
@@ -67,9 +70,12 @@ func TestConnectStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	p, ok, err := n.CurrentSandbox(ctx, "u1")
-	if err != nil || !ok || p.SandboxID != "sb1" || p.Ref() != "telemetry/agent-1" {
-		t.Fatalf("CurrentSandbox = %+v, %v, %v", p, ok, err)
+	p, ok, err := n.Current(ctx, "u1")
+	if err != nil || !ok || p.SandboxID != "sb1" || p.Ref() != "telemetry/agent-1" || len(p.Containers) != 1 || p.Containers[0].State != "running" {
+		t.Fatalf("Current = %+v, %v, %v", p, ok, err)
+	}
+	if _, ok, err := n.Current(ctx, "u2"); ok || err != nil {
+		t.Errorf("Current of a uid the node does not have: %v, %v", ok, err)
 	}
 	res, err := n.Stop(ctx, p, 0)
 	if err != nil {

@@ -192,29 +192,53 @@ func containerState(s runtimeapi.ContainerState) string {
 }
 
 // Pods returns the node's pods, from its sandboxes and containers (two CRI
-// calls), sorted by namespace and name. Containers show their image ID as
+// calls, sent at once), sorted by namespace and name. Containers show their image ID as
 // their image; List adds the names the node has for it.
 func (n *Node) Pods(ctx context.Context) ([]Pod, error) {
-	sb, err := n.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	sb, cs, err := n.lists(ctx, &runtimeapi.ListPodSandboxRequest{}, &runtimeapi.ListContainersRequest{})
 	if err != nil {
-		return nil, fmt.Errorf("%s: CRI ListPodSandbox: %w", n.Name, err)
-	}
-	cs, err := n.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("%s: CRI ListContainers: %w", n.Name, err)
+		return nil, err
 	}
 	return assemble(n.Name, sb.Items, cs.Containers), nil
 }
 
-// CurrentSandbox returns the newest sandbox of the pod with uid, and its
-// name and namespace (one CRI call); ok is false when the node has none.
-func (n *Node) CurrentSandbox(ctx context.Context, uid string) (p Pod, ok bool, err error) {
-	sb, err := n.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{LabelSelector: map[string]string{LabelPodUID: uid}}})
+// lists sends both CRI lists at once on the node's one connection: one
+// round trip, and their requests and answers share SSH packets where
+// gRPC writes them together.
+func (n *Node) lists(ctx context.Context, sreq *runtimeapi.ListPodSandboxRequest, creq *runtimeapi.ListContainersRequest) (*runtimeapi.ListPodSandboxResponse, *runtimeapi.ListContainersResponse, error) {
+	var (
+		cs   *runtimeapi.ListContainersResponse
+		cerr error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		cs, cerr = n.rt.ListContainers(ctx, creq)
+	}()
+	sb, serr := n.rt.ListPodSandbox(ctx, sreq)
+	<-done
+	if serr != nil {
+		return nil, nil, fmt.Errorf("%s: CRI ListPodSandbox: %w", n.Name, serr)
+	}
+	if cerr != nil {
+		return nil, nil, fmt.Errorf("%s: CRI ListContainers: %w", n.Name, cerr)
+	}
+	return sb, cs, nil
+}
+
+// Current returns the pod with uid as the node has it now, as Pods
+// assembles it (its newest sandbox, and the newest container of each
+// name): the two lists, filtered by the uid, at once. ok is false when
+// the node has no sandbox of it.
+func (n *Node) Current(ctx context.Context, uid string) (p Pod, ok bool, err error) {
+	byUID := map[string]string{LabelPodUID: uid}
+	sb, cs, err := n.lists(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{LabelSelector: byUID}},
+		&runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{LabelSelector: byUID}})
 	if err != nil {
-		return Pod{}, false, fmt.Errorf("%s: CRI ListPodSandbox: %w", n.Name, err)
+		return Pod{}, false, err
 	}
 	// The filter is the runtime's to honour: check the uid all the same.
-	for _, p := range assemble(n.Name, sb.Items, nil) {
+	for _, p := range assemble(n.Name, sb.Items, cs.Containers) {
 		if p.UID == uid {
 			return p, true, nil
 		}
@@ -332,25 +356,23 @@ type StopResult struct {
 	Sandbox    bool     `json:"sandbox"`
 }
 
-// Stop stops the pod through CRI: each container that runs, with grace
-// (SIGTERM, then SIGKILL after grace), then the sandbox. It works from the
-// pod's current state on the node, so stopping a pod twice is harmless.
+// Stop stops the pod through CRI: each of its containers that runs (or
+// was created), with grace (SIGTERM, then SIGKILL after grace), then the
+// sandbox, which also ends any container kubelet started in it since p was
+// read. p is the pod as Current returned it just before; stopping a pod
+// twice is harmless.
 func (n *Node) Stop(ctx context.Context, p Pod, grace time.Duration) (StopResult, error) {
 	res := StopResult{Pod: p.Ref()}
-	cs, err := n.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{PodSandboxId: p.SandboxID}})
-	if err != nil {
-		return res, fmt.Errorf("%s: CRI ListContainers of %s: %w", n.Name, p.Ref(), err)
-	}
 	var errs []error
-	for _, c := range cs.Containers {
-		if c.State != runtimeapi.ContainerState_CONTAINER_RUNNING && c.State != runtimeapi.ContainerState_CONTAINER_CREATED {
+	for _, c := range p.Containers {
+		if c.State != "running" && c.State != "created" {
 			continue
 		}
-		if _, err := n.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c.Id, Timeout: int64(grace / time.Second)}); err != nil {
-			errs = append(errs, fmt.Errorf("stop container %s (%s): %w", c.GetMetadata().GetName(), short(c.Id), err))
+		if _, err := n.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c.ID, Timeout: int64(grace / time.Second)}); err != nil {
+			errs = append(errs, fmt.Errorf("stop container %s (%s): %w", c.Name, short(c.ID), err))
 			continue
 		}
-		res.Containers = append(res.Containers, c.GetMetadata().GetName())
+		res.Containers = append(res.Containers, c.Name)
 	}
 	if len(errs) == 0 {
 		if _, err := n.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.SandboxID}); err != nil {

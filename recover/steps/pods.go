@@ -301,9 +301,9 @@ func (k *Pods) applyOn(ctx context.Context, n *pods.Node, p *change.Plan, c *Nod
 	}
 	var errs []error
 	for _, planned := range c.Stop {
-		// The pod's sandbox now: kubelet may have made a new one since
-		// the plan.
-		cur, ok, err := n.CurrentSandbox(ctx, planned.UID)
+		// The pod now: kubelet may have made a new sandbox, or
+		// started a container again, since the plan.
+		cur, ok, err := n.Current(ctx, planned.UID)
 		if err != nil {
 			errs = append(errs, err)
 			continue
