@@ -235,7 +235,7 @@ func scaleOutOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, calm, s
 	fmt.Printf("overload scale-out (%dm CPU on cp-1):\n%s", res.CPUMillis, tbl.String())
 	// Who is refused behind the round-robin: the agents stay pinned to
 	// cp-1; the ordinary users are answered by both.
-	added, err := l.MeasureRefusals(ctx, "cp-2 added", 10, []string{st.APIServer, cp2URL})
+	added, err := l.MeasureRefusals(ctx, "cp-2 added", refusalRequests, []string{st.APIServer, cp2URL})
 	if err != nil {
 		t.Fatal(err)
 	}

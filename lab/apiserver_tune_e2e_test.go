@@ -244,7 +244,7 @@ func tuneRefusedUnderOverload(t *testing.T, l *lab.Lab) {
 // and Fairness gives each priority level double; who is refused, and how
 // the ordinary users are answered, with the default limits and the doubled
 // ones, is printed side by side (docs/lab.md says what it showed).
-func inflightRaisedBeforeOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, saturated lab.Refusals) {
+func inflightRaisedBeforeOverload(t *testing.T, l *lab.Lab, res *lab.OverloadResult, calm, saturated lab.Refusals) {
 	st := l.State
 	cp := st.Hosts[0]
 	b := newBGRun(t, st)
@@ -257,27 +257,32 @@ func inflightRaisedBeforeOverload(t *testing.T, l *lab.Lab, res *lab.OverloadRes
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
+	// The lever took: APF's levels have twice the seats (each level's
+	// share is rounded up, so allow one seat of rounding per doubling),
+	// read from the API server while it answers.
+	seats, err := l.NominalSeats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, level := range []string{"global-default", "workload-low"} {
+		if d, r := calm.Seats[level], seats[level]; d == 0 || r < 2*d-1 {
+			t.Errorf("%s: %d nominal seats with the default limits, %d raised: want about twice", level, d, r)
+		}
+	}
 	again, err := l.OverloadWith(ctx, testLog{t}, lab.OverloadOptions{CPUMillis: res.CPUMillis, KeepFlags: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	raised, err := l.MeasureRefusals(ctx, "raised", 10, nil)
+	raised, err := l.MeasureRefusals(ctx, "raised", refusalRequests, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	saturated.Phase = "default"
 	var tbl strings.Builder
 	lab.WriteRefusals(&tbl, []lab.Refusals{saturated, raised})
-	fmt.Fprintf(&tbl, "APF rejected: default limits %s; raised %s\n", lab.DescribeRejected(saturated.Rejected), lab.DescribeRejected(raised.Rejected))
+	fmt.Fprintf(&tbl, "APF rejected: default limits %s; raised %s\n", saturated.RejectedLine(), raised.RejectedLine())
 	res.After.Phase, again.After.Phase = "default", "raised"
 	lab.WriteProbes(&tbl, []lab.Probe{res.After, again.After})
 	t.Logf("the overload at %dm CPU, inflight limits 400/200 (default) and 800/400 (raised):\n%s", res.CPUMillis, tbl.String())
 	fmt.Printf("overload with the inflight limits raised (%dm CPU on cp-1; 400/200, then 800/400):\n%s", res.CPUMillis, tbl.String())
-	// The lever took: APF's levels have twice the seats (each level's
-	// share is rounded up, so allow one seat of rounding per doubling).
-	for _, level := range []string{"global-default", "workload-low"} {
-		if d, r := saturated.Seats[level], raised.Seats[level]; d == 0 || r < 2*d-1 {
-			t.Errorf("%s: %d nominal seats with the default limits, %d raised: want about twice", level, d, r)
-		}
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"k8s.io/client-go/rest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,6 +42,9 @@ type Options struct {
 type Lab struct {
 	State *State
 	opts  Options
+	// workload is the ordinary workload's client config, made once
+	// (refusals.go): its token is asked for while the API server answers.
+	workload *rest.Config
 }
 
 func (o *Options) defaults() error {

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -57,9 +58,11 @@ type Refusals struct {
 	WindowMs int64         `json:"windowMs"`
 	// APIServer429 is the API servers' count of their 429 answers over
 	// the window (apiserver_request_total{code="429"}); Others429 is
-	// that less the ordinary users' own: the agents'.
-	APIServer429 int64 `json:"apiserver429"`
-	Others429    int64 `json:"others429"`
+	// that less the ordinary users' own: the agents'. -1 when the
+	// counts could not be read (MetricsError).
+	APIServer429 int64  `json:"apiserver429"`
+	Others429    int64  `json:"others429"`
+	MetricsError string `json:"metricsError,omitempty"`
 	// Rejected is API Priority and Fairness's rejections over the
 	// window, by priority level and reason ("workload-low time-out").
 	Rejected map[string]int64 `json:"rejected,omitempty"`
@@ -69,8 +72,12 @@ type Refusals struct {
 	Seats map[string]int64 `json:"seats,omitempty"`
 }
 
-// OthersPerMinute is the agents' 429s per minute of the window.
+// OthersPerMinute is the agents' 429s per minute of the window (-1 when
+// unknown).
 func (r Refusals) OthersPerMinute() float64 {
+	if r.Others429 < 0 {
+		return -1
+	}
 	if r.Window <= 0 {
 		return 0
 	}
@@ -81,13 +88,16 @@ func (r Refusals) OthersPerMinute() float64 {
 // ordinary workload, each with refusalTimeout, round-robin over servers
 // (URLs; the lab's API server when none), and the API servers' counts of
 // 429s and of APF's rejections before and after, read as the exempt
-// admin so that they answer under the load.
+// admin. A saturated API server may not answer even the admin: the counts
+// are then unknown (MetricsError says why) and the users' own are still
+// measured. The workload's token must have been made while the API server
+// answered: the first MeasureRefusals of a Lab makes it (PrepareWorkload).
 func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers []string) (Refusals, error) {
 	if len(servers) == 0 {
 		servers = []string{l.State.APIServer}
 	}
-	r := Refusals{Phase: phase, Servers: servers}
-	wcfg, err := l.workloadConfig(ctx)
+	r := Refusals{Phase: phase, Servers: servers, Others429: -1}
+	wcfg, err := l.PrepareWorkload(ctx)
 	if err != nil {
 		return r, err
 	}
@@ -95,10 +105,7 @@ func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers 
 	if err != nil {
 		return r, err
 	}
-	before, err := l.apfCounts(ctx, servers)
-	if err != nil {
-		return r, err
-	}
+	before, berr := l.apfCounts(ctx, servers)
 	start := time.Now()
 	if r.Oncall, err = probeAs(ctx, ocfg, "oncall", n, refusalTimeout, servers, "/api/v1/pods?limit=500"); err != nil {
 		return r, err
@@ -108,9 +115,10 @@ func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers 
 	}
 	r.Window = time.Since(start).Round(time.Millisecond)
 	r.WindowMs = r.Window.Milliseconds()
-	after, err := l.apfCounts(ctx, servers)
-	if err != nil {
-		return r, err
+	after, aerr := l.apfCounts(ctx, servers)
+	if err := errors.Join(berr, aerr); err != nil {
+		r.MetricsError = firstLine(err.Error())
+		return r, nil
 	}
 	r.APIServer429 = after.total429 - before.total429
 	r.Others429 = max(0, r.APIServer429-int64(r.Oncall.Throttled+r.Workload.Throttled))
@@ -124,11 +132,22 @@ func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers 
 	return r, nil
 }
 
-// workloadConfig is the ordinary workload's client config: its
-// ServiceAccount (created, with the view role in its namespace, when
-// missing) and a token of an hour from the TokenRequest API, all asked as
-// the exempt admin.
-func (l *Lab) workloadConfig(ctx context.Context) (*rest.Config, error) {
+// NominalSeats is the nominal concurrency limit of each APF priority level
+// of the lab's API server (apiserver_flowcontrol_nominal_limit_seats):
+// what its inflight limits give each level.
+func (l *Lab) NominalSeats(ctx context.Context) (map[string]int64, error) {
+	c, err := l.apfCounts(ctx, []string{l.State.APIServer})
+	return c.seats, err
+}
+
+// PrepareWorkload makes the ordinary workload's client config once per
+// Lab: its ServiceAccount (created, with the view role in its namespace,
+// when missing) and a token of two hours from the TokenRequest API, asked
+// as the exempt admin while the API server answers.
+func (l *Lab) PrepareWorkload(ctx context.Context) (*rest.Config, error) {
+	if l.workload != nil {
+		return l.workload, nil
+	}
 	c, err := l.client()
 	if err != nil {
 		return nil, err
@@ -149,7 +168,7 @@ func (l *Lab) workloadConfig(ctx context.Context) (*rest.Config, error) {
 		"apiVersion": "authentication.k8s.io/v1",
 		"kind":       "TokenRequest",
 		"metadata":   map[string]any{"name": WorkloadAccount},
-		"spec":       map[string]any{"expirationSeconds": int64(3600)},
+		"spec":       map[string]any{"expirationSeconds": int64(7200)},
 	}}
 	out, err := c.dyn.Resource(coreGV.WithResource("serviceaccounts")).Namespace(WorkloadNamespace).Create(ctx, tr, metav1.CreateOptions{}, "token")
 	if err != nil {
@@ -163,7 +182,8 @@ func (l *Lab) workloadConfig(ctx context.Context) (*rest.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &rest.Config{Host: admin.Host, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: admin.CAData, CAFile: admin.CAFile}}, nil
+	l.workload = &rest.Config{Host: admin.Host, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: admin.CAData, CAFile: admin.CAFile}}
+	return l.workload, nil
 }
 
 // probeAs sends n GETs of path as cfg's user, one at a time, round-robin
@@ -230,7 +250,14 @@ func (l *Lab) apfCounts(ctx context.Context, servers []string) (apfCounts, error
 		if err != nil {
 			return out, err
 		}
-		body, err := c.raw(ctx, "/metrics")
+		// A starved API server may not finish a TLS handshake in
+		// client-go's 10 s: asked up to three times.
+		var body []byte
+		for try := 0; try < 3; try++ {
+			if body, err = c.raw(ctx, "/metrics"); err == nil || ctx.Err() != nil {
+				break
+			}
+		}
 		if err != nil {
 			return out, fmt.Errorf("%s/metrics: %w", s, err)
 		}
@@ -302,10 +329,29 @@ func WriteRefusals(w io.Writer, rs []Refusals) {
 		row := func(who string, p Probe) {
 			fmt.Fprintf(w, "%-10s %-34s %8d %4d %9d %5d %9d %8s\n", r.Phase, who, p.Requests, p.OK, p.Slow, p.Throttled, p.TimedOut, p.P50)
 		}
-		row(fmt.Sprintf("oncall (global-default, %d)", r.Seats["global-default"]), r.Oncall)
-		row(fmt.Sprintf("%s (workload-low, %d)", WorkloadAccount, r.Seats["workload-low"]), r.Workload)
+		seats := func(level string) string {
+			if n, ok := r.Seats[level]; ok {
+				return strconv.FormatInt(n, 10)
+			}
+			return "?"
+		}
+		row(fmt.Sprintf("oncall (global-default, %s)", seats("global-default")), r.Oncall)
+		row(fmt.Sprintf("%s (workload-low, %s)", WorkloadAccount, seats("workload-low")), r.Workload)
+		if r.Others429 < 0 {
+			fmt.Fprintf(w, "%-10s %-34s %8s %4s %9s %5s %9s %8s   (the API server's counts unread: %s)\n", r.Phase, "everyone else: the agents", "-", "-", "-", "?", "-", "-", r.MetricsError)
+			continue
+		}
 		fmt.Fprintf(w, "%-10s %-34s %8s %4s %9s %5d %9s %8s   (%.0f/min over %s)\n", r.Phase, "everyone else: the agents", "-", "-", "-", r.Others429, "-", "-", r.OthersPerMinute(), r.Window.Round(time.Second))
 	}
+}
+
+// RejectedLine is APF's rejections over r's window, or why they are
+// unknown.
+func (r Refusals) RejectedLine() string {
+	if r.Others429 < 0 {
+		return "unknown (" + r.MetricsError + ")"
+	}
+	return DescribeRejected(r.Rejected)
 }
 
 // DescribeRejected is APF's rejections, "workload-low time-out 120, ...".

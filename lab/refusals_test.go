@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -50,5 +51,17 @@ func TestRefusalsPerMinute(t *testing.T) {
 	}
 	if got := (Refusals{Others429: 5}).OthersPerMinute(); got != 0 {
 		t.Errorf("no window: %v per minute, want 0", got)
+	}
+	unread := Refusals{Others429: -1, Window: time.Minute, MetricsError: "https://10.77.0.10:6443/metrics: TLS handshake timeout"}
+	if got := unread.OthersPerMinute(); got != -1 {
+		t.Errorf("counts unread: %v per minute, want -1", got)
+	}
+	if got := unread.RejectedLine(); got != "unknown (https://10.77.0.10:6443/metrics: TLS handshake timeout)" {
+		t.Errorf("counts unread: RejectedLine %q", got)
+	}
+	var b strings.Builder
+	WriteRefusals(&b, []Refusals{unread})
+	if !strings.Contains(b.String(), "counts unread: https://10.77.0.10:6443/metrics: TLS handshake timeout") || !strings.Contains(b.String(), "(global-default, ?)") {
+		t.Errorf("table with the counts unread:\n%s", b.String())
 	}
 }
