@@ -105,7 +105,7 @@ func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers 
 	if err != nil {
 		return r, err
 	}
-	before, berr := l.apfCounts(ctx, servers)
+	before, berr := l.apfCounts(ctx, servers, 3)
 	start := time.Now()
 	if r.Oncall, err = probeAs(ctx, ocfg, "oncall", n, refusalTimeout, servers, "/api/v1/pods?limit=500"); err != nil {
 		return r, err
@@ -115,7 +115,7 @@ func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers 
 	}
 	r.Window = time.Since(start).Round(time.Millisecond)
 	r.WindowMs = r.Window.Milliseconds()
-	after, aerr := l.apfCounts(ctx, servers)
+	after, aerr := l.apfCounts(ctx, servers, 3)
 	if err := errors.Join(berr, aerr); err != nil {
 		r.MetricsError = firstLine(err.Error())
 		return r, nil
@@ -136,7 +136,7 @@ func (l *Lab) MeasureRefusals(ctx context.Context, phase string, n int, servers 
 // of the lab's API server (apiserver_flowcontrol_nominal_limit_seats):
 // what its inflight limits give each level.
 func (l *Lab) NominalSeats(ctx context.Context) (map[string]int64, error) {
-	c, err := l.apfCounts(ctx, []string{l.State.APIServer})
+	c, err := l.apfCounts(ctx, []string{l.State.APIServer}, 3)
 	return c.seats, err
 }
 
@@ -236,24 +236,25 @@ func probeAs(ctx context.Context, cfg *rest.Config, phase string, n int, timeout
 
 // apfCounts is what the API servers' /metrics say of refusals: their
 // 429s, APF's rejections by priority level and reason (summed over the
-// servers), and the first server's nominal seats per priority level.
+// servers), and the first server's nominal seats per priority level, each
+// server asked up to tries times.
 type apfCounts struct {
 	total429 int64
 	rejected map[string]int64
 	seats    map[string]int64
 }
 
-func (l *Lab) apfCounts(ctx context.Context, servers []string) (apfCounts, error) {
+func (l *Lab) apfCounts(ctx context.Context, servers []string, tries int) (apfCounts, error) {
 	out := apfCounts{rejected: map[string]int64{}, seats: map[string]int64{}}
 	for i, s := range servers {
-		c, err := newKubeAt(l.State.Kubeconfig, s, 30*time.Second)
+		c, err := newKubeAt(l.State.Kubeconfig, s, 15*time.Second)
 		if err != nil {
 			return out, err
 		}
 		// A starved API server may not finish a TLS handshake in
-		// client-go's 10 s: asked up to three times.
+		// client-go's 10 s: asked up to tries times.
 		var body []byte
-		for try := 0; try < 3; try++ {
+		for try := 0; try < max(tries, 1); try++ {
 			if body, err = c.raw(ctx, "/metrics"); err == nil || ctx.Err() != nil {
 				break
 			}
