@@ -55,7 +55,7 @@ func newCmdLabIncident(d *Deps, opts *labOptions) *cobra.Command {
   overload     the December 2024 outage: a telemetry DaemonSet whose pods LIST
                the whole cluster in a loop, on an apiserver with little CPU
                (cp-1's Burstable pods capped, the cap searched from 200m down
-               to 25m), until ordinary kubectl requests are slow, time out or
+               to 16m), until ordinary kubectl requests are slow, time out or
                get 429s. Prints what kubectl saw before and after.
   preemption   the July 2019 cascade: PriorityClasses with a globalDefault make
                a new workload preempt production ingesters, whose replacements
