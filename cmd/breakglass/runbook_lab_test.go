@@ -217,14 +217,24 @@ func TestLabRunbookApiserverOverload(t *testing.T) {
 	r.undoOverloadRun(t, runID, before)
 }
 
-// undoOverloadRun undoes an apiserver-overload run and checks the lab is
-// back as before it (the nodes and etcd as nodesAndEtcd read them): the
-// agents run again on every worker, the DaemonSet's spec is the one it
+// undoOverloadRun undoes an apiserver-overload run, lifts the incident's
+// CPU cap, and checks the lab is back as before the run (the nodes and
+// etcd as nodesAndEtcd read them): the agents run again on every worker, the DaemonSet's spec is the one it
 // had, no shed is active.
 func (r *runbookLab) undoOverloadRun(t *testing.T, runID, before string) {
 	t.Helper()
 	if _, _, code := r.run(t, "runbook", "undo", runID, "--yes"); code != 0 {
 		t.Fatalf("runbook undo %s: exit %d", runID, code)
+	}
+	// The undo puts the offender back, and under the incident's CPU cap
+	// its return saturates the API server again: the controller,
+	// scheduler and kubelets that must start the agents then wait on it
+	// (a clean-clone run at 50m had one worker of three running its agent
+	// after 3 minutes). One undoes a recovery once the incident is over:
+	// the API server gets its CPU back first, with every object as the
+	// undo left it.
+	if err := r.l.HealAPIServer(t.Context()); err != nil {
+		t.Fatalf("lifting the incident's CPU cap before the agents come back: %v", err)
 	}
 	waitFor(t, "the telemetry agents to run again on every worker", 3*time.Minute, func() (bool, error) {
 		n := r.agents(t)
