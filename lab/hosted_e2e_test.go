@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -131,14 +130,7 @@ func deployJSONIn(ns, name, ownerUID string) string {
 // the replicas), and undo puts it back.
 func TestLabHostedAPIServerScale(t *testing.T) {
 	st := labtest.Lab(t)
-	bin := os.Getenv("BREAKGLASS_BIN")
-	if bin == "" {
-		t.Fatal("BREAKGLASS_BIN is not set (make test sets it)")
-	}
-	b := &bgRun{t: t, bin: bin, inv: st.Inventory, jnl: filepath.Join(t.TempDir(), "breakglass", "journal.jsonl")}
-	if err := os.MkdirAll(filepath.Dir(b.jnl), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	b := newBGRun(t, st)
 	t.Cleanup(func() {
 		kubectl(t, st, "", "delete", "namespace", hostedNS, "--wait=false", "--ignore-not-found")
 	})
