@@ -180,7 +180,11 @@ func (l *Lab) OverloadWith(ctx context.Context, log io.Writer, opts OverloadOpti
 		if spec.Argv, err = apiserverCommand(l.State.Hosts[0]); err != nil {
 			return nil, err
 		}
-		if cpu, err := hostCPUCap(l.State.Hosts[0]); err != nil || cpu != 0 {
+		cpu, err := hostCPUCap(l.State.Hosts[0])
+		if err != nil {
+			return nil, fmt.Errorf("the apiserver on %s: its CPU cap: %w", l.State.Hosts[0].Name, err)
+		}
+		if cpu != 0 {
 			return nil, fmt.Errorf("the apiserver on %s is capped at %dm CPU (an incident left it changed)\nhint: run breakglass lab incident reset first", l.State.Hosts[0].Name, cpu)
 		}
 	} else if !l.apiserverHasDefaultFlags() {
