@@ -21,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/breakglass/breakglass/nodeops/apiprobe"
 )
 
 // The ordinary in-cluster workload whose requests the refusal measurement
@@ -274,11 +276,15 @@ func parseAPFMetrics(text string, out *apfCounts, seats bool) {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		name, labels, v, ok := metricLine(line)
-		if !ok {
+		if line == "" || line[0] == '#' {
 			continue
 		}
-		switch name {
+		m, err := apiprobe.ParseSample(line)
+		if err != nil {
+			continue
+		}
+		labels, v := m.Labels, m.Value
+		switch m.Name {
 		case "apiserver_request_total":
 			if labels["code"] == "429" {
 				out.total429 += int64(v)
@@ -291,34 +297,6 @@ func parseAPFMetrics(text string, out *apfCounts, seats bool) {
 			}
 		}
 	}
-}
-
-// metricLine splits one sample of the Prometheus text format,
-// name{a="x",b="y"} value, into its name, labels and value. Label values
-// of the metrics read here hold no commas or quotes.
-func metricLine(line string) (name string, labels map[string]string, v float64, ok bool) {
-	if line == "" || line[0] == '#' {
-		return "", nil, 0, false
-	}
-	f := strings.Fields(line)
-	if len(f) < 2 {
-		return "", nil, 0, false
-	}
-	v, err := strconv.ParseFloat(f[1], 64)
-	if err != nil {
-		return "", nil, 0, false
-	}
-	name, rest, hasLabels := strings.Cut(f[0], "{")
-	labels = map[string]string{}
-	if hasLabels {
-		for _, kv := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
-			k, val, ok := strings.Cut(kv, "=")
-			if ok {
-				labels[k] = strings.Trim(val, `"`)
-			}
-		}
-	}
-	return name, labels, v, true
 }
 
 // WriteRefusals prints measurements as a table: each ordinary user's
