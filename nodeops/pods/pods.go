@@ -53,11 +53,36 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 
 // Node is a connection to one node's containerd.
 type Node struct {
-	Name string
-	conn *grpc.ClientConn
-	rt   runtimeapi.RuntimeServiceClient
-	img  runtimeapi.ImageServiceClient
-	cd   *containerd.Client
+	Name  string
+	conn  *grpc.ClientConn
+	rt    runtimeapi.RuntimeServiceClient
+	img   runtimeapi.ImageServiceClient
+	cd    *containerd.Client
+	dials *dials
+}
+
+// dials are the connections gRPC was given, so that Close can close them
+// first.
+type dials struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (d *dials) add(c net.Conn) net.Conn {
+	cc := newCoalesceConn(c)
+	d.mu.Lock()
+	d.conns = append(d.conns, cc)
+	d.mu.Unlock()
+	return cc
+}
+
+func (d *dials) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.conns {
+		c.Close()
+	}
+	d.conns = nil
 }
 
 // Connect prepares the gRPC connection over dial. The first dial happens
@@ -69,15 +94,19 @@ func Connect(ctx context.Context, name string, dial Dialer) (*Node, error) {
 		return nil, err
 	}
 	var mu sync.Mutex
+	ds := &dials{}
 	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
 		mu.Lock()
 		c := first
 		first = nil
 		mu.Unlock()
-		if c != nil {
-			return c, nil
+		if c == nil {
+			var err error
+			if c, err = dial(ctx); err != nil {
+				return nil, err
+			}
 		}
-		return dial(ctx)
+		return ds.add(c), nil
 	}
 	cc, err := grpc.NewClient("passthrough:///containerd",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -105,11 +134,17 @@ func Connect(ctx context.Context, name string, dial Dialer) (*Node, error) {
 		cc.Close()
 		return nil, fmt.Errorf("%s: containerd: %w", name, err)
 	}
-	return &Node{Name: name, conn: cc, rt: runtimeapi.NewRuntimeServiceClient(cc), img: runtimeapi.NewImageServiceClient(cc), cd: cd}, nil
+	return &Node{Name: name, conn: cc, rt: runtimeapi.NewRuntimeServiceClient(cc), img: runtimeapi.NewImageServiceClient(cc), cd: cd, dials: ds}, nil
 }
 
-// Close closes the connection.
-func (n *Node) Close() error { return n.conn.Close() }
+// Close closes the connection. The connection to the node goes first:
+// gRPC would otherwise write a GOAWAY on it, and the SSH channel a close
+// of its own, two more packets for a connection about to end (and, when
+// the forward owns its SSH connection, a node to wait on).
+func (n *Node) Close() error {
+	n.dials.close()
+	return n.conn.Close()
+}
 
 // Pod is a pod as the node's containerd knows it: one sandbox (the newest
 // of the pod's uid) and its containers.

@@ -150,14 +150,12 @@ type forwardConn struct {
 	once  sync.Once
 }
 
-// Close closes the channel and the SSH connection. It reports no error:
-// the channel may already be gone with the connection, which is what
-// closing wants anyway.
+// Close closes the SSH connection, and the channel with it: a close of
+// the channel first would be one more packet (and its answer) for a
+// connection about to end. It reports no error: the connection may
+// already be gone, which is what closing wants anyway.
 func (f *forwardConn) Close() error {
-	f.once.Do(func() {
-		f.Conn.Close()
-		f.cn.Close()
-	})
+	f.once.Do(func() { f.cn.Close() })
 	return nil
 }
 
