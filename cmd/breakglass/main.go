@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/breakglass/breakglass/nodeops/fanout"
 )
 
 func main() {
+	fanout.TuneGC()
 	ctx, stop := signalContext(context.Background())
 	d := newDeps()
 	err := newRootCmd(d).ExecuteContext(ctx)

@@ -34,6 +34,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/breakglass/breakglass/nodeops/fanout"
 	"github.com/breakglass/breakglass/nodeops/inventory"
 	"github.com/breakglass/breakglass/nodeops/sshdtest"
 )
@@ -74,9 +75,14 @@ func main() {
 		plainClient(*plain, *plainTuned)
 		return
 	case *client == podsMode:
+		// The clients run with the collector breakglass sets for itself;
+		// the raw handshakes too, so that the ceiling is the handshakes'
+		// cost and not a collector the others do not have.
+		fanout.TuneGC()
 		podsClient(*dirFlag, *sim, *inflight, *cpuprofile, *helpers)
 		return
 	case *client != "":
+		fanout.TuneGC()
 		simClient(*client, *dirFlag, *sim, *inflight, *cpuprofile)
 		return
 	}
