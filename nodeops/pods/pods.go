@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -61,16 +62,17 @@ type Node struct {
 	dials *dials
 }
 
-// dials are the connections gRPC was given, so that Close can close them
-// first.
+// dials are the connections gRPC was given and has not closed, so that
+// Close can close them first.
 type dials struct {
 	mu    sync.Mutex
-	conns []net.Conn
+	conns []*coalesceConn
 }
 
 func (d *dials) add(c net.Conn) net.Conn {
 	cc := newCoalesceConn(c)
 	d.mu.Lock()
+	d.conns = slices.DeleteFunc(d.conns, func(c *coalesceConn) bool { return c.closed.Load() })
 	d.conns = append(d.conns, cc)
 	d.mu.Unlock()
 	return cc
@@ -138,9 +140,8 @@ func Connect(ctx context.Context, name string, dial Dialer) (*Node, error) {
 }
 
 // Close closes the connection. The connection to the node goes first:
-// gRPC would otherwise write a GOAWAY on it, and the SSH channel a close
-// of its own, two more packets for a connection about to end (and, when
-// the forward owns its SSH connection, a node to wait on).
+// gRPC would otherwise write a GOAWAY on it, one more SSH packet for a
+// connection about to end.
 func (n *Node) Close() error {
 	n.dials.close()
 	return n.conn.Close()
