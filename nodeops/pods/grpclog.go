@@ -39,6 +39,11 @@ func (quietLogger) Warning(...any)          {}
 func (quietLogger) Warningln(...any)        {}
 func (quietLogger) Warningf(string, ...any) {}
 
+// V reports no verbosity: gRPC asks before building some of its INFO
+// lines (the resolver's state as JSON, for every connection), which are
+// dropped anyway.
+func (quietLogger) V(int) bool { return false }
+
 // The depth variants are what gRPC's components call (grpclog.InfoDepth
 // prefers them when the logger has them).
 
