@@ -180,6 +180,12 @@ func (c *coalesceConn) track(f http2.FrameHeader) {
 	}
 	switch {
 	case f.Type == http2.FrameHeaders && !f.Flags.Has(http2.FlagHeadersEndStream):
+		if len(c.open) >= maxTracked {
+			// Streams gRPC ended some other way than this sees: forget
+			// them (the worst a stale one does is hold a request's end
+			// for holdFor).
+			c.open = c.open[:0]
+		}
 		if !slices.Contains(c.open, f.StreamID) {
 			c.open = append(c.open, f.StreamID)
 		}
@@ -189,6 +195,10 @@ func (c *coalesceConn) track(f http2.FrameHeader) {
 		}
 	}
 }
+
+// maxTracked bounds the open streams coalesceConn follows; the CRI calls
+// of one node are a few at a time.
+const maxTracked = 128
 
 // frameHeaderLen is the length of an HTTP/2 frame header (RFC 9113, 4.1).
 const frameHeaderLen = 9
