@@ -7,7 +7,7 @@ RUNBOOK  ?= apiserver-overload
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all build test unit bench soak soak-hold lab-up lab-down rehearse docs lint clean
+.PHONY: all build test unit bench soak soak-hold soak-inflight lab-up lab-down rehearse docs lint clean
 
 all: build
 
@@ -35,6 +35,12 @@ soak: build
 # make test, which runs the same test with a 60 s window.
 soak-hold: build
 	SOAK=hold BIN=$(CURDIR)/$(BIN) bash lab/scripts/soak.sh
+
+# The overload incident run again with the inflight limits doubled, and who
+# the API server refuses with each, on a fresh lab: TestIncidentOverload's
+# inflight subtest whole (make test stops it after the tune).
+soak-inflight: build
+	SOAK=inflight BIN=$(CURDIR)/$(BIN) bash lab/scripts/soak.sh
 
 lab-up: build
 	$(BIN) lab up --dir $(LAB_DIR)

@@ -16,6 +16,11 @@
 #                   apiserver is healed (the DaemonSet must not come back)
 #                   and the hold lifted (the agent runs again with its
 #                   original image). make test runs it with a 60 s window.
+#   make soak-inflight (SOAK=inflight): TestIncidentOverload whole, with its
+#                   inflight subtest's second incident: the overload again at
+#                   the same CPU cap with the inflight limits doubled, and who
+#                   the API server refuses with the default limits and the
+#                   doubled ones, side by side. About 20 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-$PWD/bin/breakglass}
@@ -32,8 +37,13 @@ hold)
 	env=(BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_HOLD_WINDOW="${HOLD_WINDOW:-10m}")
 	run=TestIncidentOverloadPodsHold timeout=60m show='watching|_test.go:[0-9]+: [^b]'
 	;;
+inflight)
+	what="the overload incident, then again with the inflight limits doubled"
+	env=(BREAKGLASS_LAB_INCIDENTS=1 BREAKGLASS_LAB_INFLIGHT=1)
+	run=TestIncidentOverload timeout=60m show='^(overload|PHASE|before|saturated|after|scaleout|default|raised|APF)'
+	;;
 *)
-	echo "SOAK=$SOAK: want incidents or hold" >&2
+	echo "SOAK=$SOAK: want incidents, hold or inflight" >&2
 	exit 2
 	;;
 esac
