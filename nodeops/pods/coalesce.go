@@ -49,6 +49,12 @@ type coalesceConn struct {
 	// open are the streams whose headers went out without END_STREAM:
 	// their message is still to come.
 	open []uint32
+	// skip is what is left of a frame the last write split (gRPC's
+	// buffer filled mid-frame); the next write starts with it. lost is
+	// set when a write ended inside a frame's header: the frames after
+	// cannot be told apart, and nothing is held again.
+	skip int
+	lost bool
 }
 
 // holdFor is how long held writes may wait for the next one: long enough
@@ -127,12 +133,21 @@ func (c *coalesceConn) holdable(p []byte) bool {
 	if ok && len(rest) == 0 {
 		return true
 	}
-	if len(rest) == 0 {
+	if c.lost || len(rest) == 0 {
 		return false
 	}
 	hold, ended := true, false
+	if c.skip > 0 {
+		// The rest of a frame begun in a write that went out: this one
+		// goes out too. The frames after it are followed all the same.
+		n := min(c.skip, len(rest))
+		c.skip -= n
+		rest = rest[n:]
+		hold = false
+	}
 	for len(rest) > 0 {
 		if len(rest) < frameHeaderLen {
+			c.lost = true
 			return false
 		}
 		f := http2.FrameHeader{
@@ -142,7 +157,10 @@ func (c *coalesceConn) holdable(p []byte) bool {
 			StreamID: binary.BigEndian.Uint32(rest[5:9]) & (1<<31 - 1),
 		}
 		if uint32(len(rest)-frameHeaderLen) < f.Length {
-			return false // a frame split across writes: send it on
+			// A frame split across writes: send it on, and know where
+			// the next write's frames start.
+			c.skip = int(f.Length) - (len(rest) - frameHeaderLen)
+			return false
 		}
 		rest = rest[frameHeaderLen+int(f.Length):]
 		c.track(f)

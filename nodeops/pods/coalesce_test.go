@@ -94,6 +94,27 @@ func TestHoldableTracksStreams(t *testing.T) {
 	}
 }
 
+// TestHoldableAcrossSplitFrames: a frame split across writes is sent on,
+// and the frames after its end are still told apart; a write that ends
+// inside a frame's header stops all holding.
+func TestHoldableAcrossSplitFrames(t *testing.T) {
+	big := frames(t, func(f *http2.Framer) error { return f.WriteData(1, false, make([]byte, 100)) })
+	ack := frames(t, func(f *http2.Framer) error { return f.WritePing(true, [8]byte{1}) })
+	cc := &coalesceConn{}
+	if cc.holdable(big[:50]) {
+		t.Error("the first part of a split frame: held")
+	}
+	if cc.holdable(append(append([]byte(nil), big[50:]...), ack...)) {
+		t.Error("the rest of a split frame, then an acknowledgement: held")
+	}
+	if !cc.holdable(ack) {
+		t.Error("an acknowledgement after the split frame ended: not held")
+	}
+	if cc.holdable(ack[:4]) || cc.holdable(ack) {
+		t.Error("after a write that ended inside a frame header: held")
+	}
+}
+
 // pipePeer reads what reaches the other end of a pipe, a write at a time.
 type pipePeer struct {
 	mu     sync.Mutex
