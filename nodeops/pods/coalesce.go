@@ -2,7 +2,6 @@ package pods
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net"
 	"slices"
 	"sync"
@@ -33,9 +32,10 @@ import (
 //     and its message still to come (the two CRI lists sent at once).
 //
 // A write with anything else (a message that does not end its request, a
-// window update, a reset, a GOAWAY) goes out at once, after what was held. What is held is written anyway after holdFor, so
-// that an idle connection still answers the server's keepalive pings and
-// a stream that sends no message still starts.
+// window update, a reset, a GOAWAY) goes out at once, after what was
+// held. What is held is written anyway after holdFor, so that an idle
+// connection still answers the server's keepalive pings and a stream that
+// sends no message still starts.
 type coalesceConn struct {
 	net.Conn
 
@@ -150,11 +150,10 @@ func (c *coalesceConn) holdable(p []byte) bool {
 			c.lost = true
 			return false
 		}
-		f := http2.FrameHeader{
-			Length:   uint32(rest[0])<<16 | uint32(rest[1])<<8 | uint32(rest[2]),
-			Type:     http2.FrameType(rest[3]),
-			Flags:    http2.Flags(rest[4]),
-			StreamID: binary.BigEndian.Uint32(rest[5:9]) & (1<<31 - 1),
+		f, err := http2.ReadFrameHeader(bytes.NewReader(rest[:frameHeaderLen]))
+		if err != nil {
+			c.lost = true
+			return false
 		}
 		if uint32(len(rest)-frameHeaderLen) < f.Length {
 			// A frame split across writes: send it on, and know where
