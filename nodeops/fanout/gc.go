@@ -19,7 +19,8 @@ const MinHeapGrowth = 256 << 20
 // the heap has doubled) a run over thousands of nodes collected about
 // every 900 nodes, and the collector was a tenth of the client's CPU
 // (docs/pods.md). After each collection TuneGC lets the heap grow by
-// MinHeapGrowth or by the live heap, whichever is more: a small heap is
+// MinHeapGrowth or by the live heap, whichever is more, and by at most
+// ten times the live heap: a small heap is
 // collected less often, and a large one (65,000 nodes' plans) exactly as
 // by default, so the peak memory of a large run does not grow. A GOGC in
 // the environment is the user's choice and turns TuneGC off.
@@ -47,7 +48,8 @@ func retune(*gcSentinel) {
 }
 
 // gcPercent is the GOGC that lets a heap of live bytes grow by
-// MinHeapGrowth, or double, whichever is more; at most 1000.
+// MinHeapGrowth, or double, whichever is more; at most 1000 (ten times).
+// A live heap of 0 (no collection yet) gets 1000.
 func gcPercent(live uint64) int {
 	if live == 0 {
 		return 1000
