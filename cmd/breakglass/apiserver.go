@@ -107,11 +107,13 @@ from its backup and the rollout stops: the next node is never started.
 Two API servers are never restarted at once.
 
 A node whose API server does not answer /livez and /readyz when the tune
-is planned is refused (exit 4), nothing changed: saturated by its load, it
-would be restarted into that same load, where it may never come back (a
-kube-apiserver exits when a post-start hook times out, and kubelet starts
-it into the load again). Take the load off first (shed flowschema, pods
-hold), or pass --force when it is down for another reason the tune fixes.
+is planned, or is starved of CPU (its threads that had work all waited for
+a CPU 50% or more of a second, from its cgroup's cpu.pressure), is refused
+(exit 4), nothing changed: saturated by its load, it would be restarted
+into that same load, where it may never come back (a kube-apiserver exits
+when a post-start hook times out, and kubelet starts it into the load
+again). Take the load off first (shed flowschema, pods hold), or pass
+--force when it is down for another reason the tune fixes.
 
 Everything is journaled; "breakglass undo CHANGE-ID" puts every node's
 manifest back the same way, one node at a time, also for a rollout cut
@@ -183,7 +185,7 @@ short by a crash.
 	f.StringVar(&o.backupDir, "backup-dir", "", "where the nodes keep the manifests replaced, one directory per change (default: breakglass-backup next to the manifests directory)")
 	f.DurationVar(&o.wait, "wait", 3*time.Minute, "how long one node's API server may take to restart and answer /livez and /readyz before it is rolled back")
 	f.DurationVar(&o.poll, "poll", 2*time.Second, "how often a restarting node is looked at")
-	f.BoolVar(&o.force, "force", false, "restart an API server that does not answer /livez and /readyz now too (refused otherwise: saturated, it may not come back)")
+	f.BoolVar(&o.force, "force", false, "restart an API server that does not answer /livez and /readyz now, or is starved of CPU, too (refused otherwise: saturated, it may not come back)")
 	_ = f.MarkHidden("poll")
 	addJournalFlag(cmd, d)
 	return cmd

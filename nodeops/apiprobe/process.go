@@ -101,15 +101,10 @@ type Instance struct {
 	Running int `json:"running"`
 }
 
-// ProcessScript finds the newest kube-apiserver process on the node (its
-// comm, as the kernel keeps it) and prints its pid, start time, command
-// line (base64 of the NUL-separated argv) and cgroup. Zombies are not
-// counted: they run nothing; nor is a kube-apiserver in another network
-// namespace than the node's own (where it can be told): a static pod's
-// API server runs in the host's, and a container's own apiserver (a
-// hosted control plane on a worker, a test cluster in a pod) is not the
-// node's.
-const ProcessScript = `n=0; best=; bt=0
+// findProcess sets $best to the pid of the newest kube-apiserver process
+// of the node's network namespace (ProcessScript), $bt to its start time
+// and $n to how many run.
+const findProcess = `n=0; best=; bt=0
 me=$(readlink /proc/self/ns/net 2>/dev/null)
 for s in /proc/[0-9]*/comm; do
   [ "$(cat "$s" 2>/dev/null)" = kube-apiserver ] || continue
@@ -123,7 +118,17 @@ for s in /proc/[0-9]*/comm; do
   n=$((n+1))
   if [ -z "$best" ] || [ "$st" -gt "$bt" ]; then best=$p; bt=$st; fi
 done
-echo "N $n"
+`
+
+// ProcessScript finds the newest kube-apiserver process on the node (its
+// comm, as the kernel keeps it) and prints its pid, start time, command
+// line (base64 of the NUL-separated argv) and cgroup. Zombies are not
+// counted: they run nothing; nor is a kube-apiserver in another network
+// namespace than the node's own (where it can be told): a static pod's
+// API server runs in the host's, and a container's own apiserver (a
+// hosted control plane on a worker, a test cluster in a pod) is not the
+// node's.
+const ProcessScript = findProcess + `echo "N $n"
 [ -n "$best" ] || exit 0
 echo "P $best $bt"
 echo "A $(base64 < /proc/$best/cmdline | tr -d '\n')"

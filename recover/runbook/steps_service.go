@@ -106,7 +106,7 @@ func init() {
 			{Name: "manifest", Type: "string", Doc: "the manifest on the nodes (default: the inventory's apiserver.manifest, else kubeadm's)"},
 			{Name: "backupDir", Type: "string", Doc: "where the nodes keep the manifests replaced (default: breakglass-backup next to the manifests directory)"},
 			{Name: "wait", Type: "duration", Default: "3m", Doc: "how long one node's API server may take to restart and answer before it is rolled back"},
-			{Name: "force", Type: "bool", Doc: "restart an API server that does not answer /livez and /readyz now too (refused otherwise: saturated, it may not come back)"},
+			{Name: "force", Type: "bool", Doc: "restart an API server that does not answer /livez and /readyz now, or is starved of CPU, too (refused otherwise: saturated, it may not come back)"},
 		},
 		Prepare: prepareTune})
 }

@@ -409,7 +409,7 @@ func TestTuneRefusesAnAPIServerThatDoesNotAnswer(t *testing.T) {
 	for _, dry := range []bool{true, false} {
 		_, err := f.engine(dry).Run(context.Background(), PlanTune(f.kind, f.targets, inflight(777)))
 		var refused *change.RefusedError
-		if !errors.As(err, &refused) || !strings.Contains(err.Error(), "node2 (/livez") || strings.Contains(err.Error(), "node1") ||
+		if !errors.As(err, &refused) || !strings.Contains(err.Error(), "node2 (does not answer: /livez") || strings.Contains(err.Error(), "node1") ||
 			!strings.Contains(err.Error(), "--force") {
 			t.Fatalf("dry run %v: err %v, want refused naming node2 alone and --force", dry, err)
 		}
@@ -438,5 +438,58 @@ func TestTuneRefusesAnAPIServerThatDoesNotAnswer(t *testing.T) {
 		if !strings.Contains(string(f.read(t, n.Name)), "--max-requests-inflight=777") {
 			t.Errorf("%s: not tuned", n.Name)
 		}
+	}
+}
+
+// stallingKubelet is a fakeKubelet whose API servers are as starved of
+// CPU as stall says (a StallWatch).
+type stallingKubelet struct {
+	*fakeKubelet
+	stall map[string]apiprobe.CPUStall
+}
+
+func (k *stallingKubelet) CPUStall(_ context.Context, t nodeops.Target) (apiprobe.CPUStall, error) {
+	return k.stall[t.Name], nil
+}
+
+// TestTuneRefusesAnAPIServerStarvedOfCPU: an API server that answers
+// /livez and /readyz but whose threads waited for CPU most of the time
+// measured is refused like one that does not answer, dry run or not, with
+// nothing written or journaled; one under StarvedPercent is not, and one
+// whose stall could not be measured is tuned with a note that says so.
+func TestTuneRefusesAnAPIServerStarvedOfCPU(t *testing.T) {
+	f := newTuneFixture(t, 3)
+	sec := time.Second
+	f.kind.Watch = &stallingKubelet{fakeKubelet: f.kubelet, stall: map[string]apiprobe.CPUStall{
+		"node1": {Known: true, Percent: StarvedPercent - 1, Window: sec},
+		"node2": {Known: true, Percent: 91, Window: sec},
+		"node3": {Why: "no cpu.pressure for its cgroup"},
+	}}
+	for _, dry := range []bool{true, false} {
+		_, err := f.engine(dry).Run(context.Background(), PlanTune(f.kind, f.targets, inflight(777)))
+		var refused *change.RefusedError
+		if !errors.As(err, &refused) || !strings.Contains(err.Error(), "node2 (starved of CPU: its threads waited for CPU 91% of 1s") ||
+			strings.Contains(err.Error(), "node1") || strings.Contains(err.Error(), "node3") || !strings.Contains(err.Error(), "--force") {
+			t.Fatalf("dry run %v: err %v, want refused naming node2 alone, starved, and --force", dry, err)
+		}
+	}
+	for _, n := range f.targets {
+		if string(f.read(t, n.Name)) != string(f.original) {
+			t.Errorf("%s: the manifest was written", n.Name)
+		}
+	}
+	if _, err := os.Stat(f.journal); !os.IsNotExist(err) {
+		t.Errorf("the refused tune journaled: %v", err)
+	}
+
+	f.kind.Watch.(*stallingKubelet).stall["node2"] = apiprobe.CPUStall{Known: true, Percent: 3, Window: sec}
+	p, err := f.engine(true).Run(context.Background(), PlanTune(f.kind, f.targets, inflight(777)))
+	if err != nil {
+		t.Fatalf("node2 no longer starved: %v", err)
+	}
+	if !slices.ContainsFunc(p.Notes, func(n string) bool {
+		return strings.Contains(n, "could not be measured on node3 (no cpu.pressure") && !strings.Contains(n, "node1")
+	}) {
+		t.Errorf("no note says node3's stall is unknown: %q", p.Notes)
 	}
 }
