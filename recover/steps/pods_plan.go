@@ -867,6 +867,13 @@ func liftOwners(ctx context.Context, ek *change.Etcd, store *etcd.Store, recs []
 			planner = Scale(ek, obj, replicas, true)
 		}
 		sub, err := planner(ctx, id)
+		var nf *etcd.NotFoundError
+		if errors.As(err, &nf) {
+			// Deleted since the hold (its namespace too, perhaps): there is
+			// nothing to put back, and the nodes' images still are.
+			notes = append(notes, fmt.Sprintf("%s %s was deleted since the hold: nothing to put back in etcd (the images on the nodes are released all the same)", r.Target.Resource, obj.Ref()))
+			continue
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s %s: %w", r.Target.Resource, obj.Ref(), err)
 		}
