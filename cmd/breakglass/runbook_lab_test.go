@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -360,5 +361,41 @@ func TestLabRunbookPreemptionCascade(t *testing.T) {
 	gout, _, _ := r.run(t, "get", "deployments", "-n", lab.NewClusterNS, "new-cluster", "-o", "json")
 	if !strings.Contains(gout, fmt.Sprintf(`"replicas": %d`, len(st.HostsWithRole("worker")))) && !strings.Contains(gout, fmt.Sprintf(`"replicas":%d`, len(st.HostsWithRole("worker")))) {
 		t.Errorf("undo did not scale the preemptor back:\n%s", gout)
+	}
+}
+
+// TestLabRunbookCheckAPIServerRestartable runs the apiserver-restartable
+// check (what the built-in apiserver-overload runbook waits on before its
+// tune) through a runbook of its own on the healthy lab: cp-1's API server
+// answers /livez and /readyz on the node and its CPU stall is measured
+// from its cgroup's cpu.pressure, so the check holds and says so. The
+// starved side is TestIncidentOverload/tune, under the incident, through
+// the same steps.Manifest.Unrestartable.
+func TestLabRunbookCheckAPIServerRestartable(t *testing.T) {
+	st := labtest.Lab(t)
+	l, err := lab.Open(st.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runbookLab{st: st, l: l, inv: labInventory(t, st, nil), journal: filepath.Join(t.TempDir(), "journal.jsonl")}
+	rb := filepath.Join(t.TempDir(), "restartable.yaml")
+	if err := os.WriteFile(rb, []byte(`name: restartable
+steps:
+  - id: calm
+    type: wait-until
+    title: the API servers answer and have CPU to spare
+    params:
+      check: apiserver-restartable
+      timeout: 1m
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, code := r.run(t, "runbook", "run", rb, "--yes", "-o", "json")
+	if code != 0 {
+		t.Fatalf("runbook run: exit %d", code)
+	}
+	validEvents(t, "runbook run restartable.yaml -o json", out)
+	if !strings.Contains(out, "the API server answers and has CPU to spare on 1 node(s)") {
+		t.Errorf("the check did not say it measured cp-1's API server:\n%s", out)
 	}
 }

@@ -69,6 +69,9 @@ func init() {
 	RegisterCheck(CheckType{Name: "pods-running", Summary: "at least min selected pods run on the nodes (containerd)",
 		Params: append(cloneSpecs(podSelectParams), ParamSpec{Name: "min", Type: "int", Default: "1", Doc: "how many pods must run"}),
 		Build:  buildPodsCheck(false)})
+	RegisterCheck(CheckType{Name: "apiserver-restartable", Summary: "every API server of the nodes answers /livez and /readyz on its node and is not starved of CPU: a tune would not be refused",
+		Params: []ParamSpec{{Name: "nodes", Type: "list", Doc: "the control-plane nodes (default role=control-plane)"}},
+		Build:  buildRestartableCheck})
 	RegisterCheck(CheckType{Name: "shed", Summary: "breakglass's nft table on the nodes is in the wanted state",
 		Params: []ParamSpec{
 			{Name: "state", Type: "string", Required: true, Check: oneOf("active", "none"), Doc: "active (the rules match) or none (no table, or a lapsed one)"},
@@ -307,6 +310,32 @@ func describePerNode(m map[string]int) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ", ")
+}
+
+// buildRestartableCheck is the apiserver-restartable check: what
+// apiserver tune refuses on (steps.Manifest.Unrestartable), asked until
+// no node is left: a runbook waits with it for the API servers to have
+// CPU to spare again once the load is off, before a tune restarts them.
+func buildRestartableCheck(ctx context.Context, s *Session, a Args) (CheckFunc, error) {
+	targets, err := s.Nodes(ctx, a.List("nodes"), steps.ShedNodes)
+	if err != nil {
+		return nil, err
+	}
+	k := s.Env.Manifest(targets, "", "")
+	return func(ctx context.Context) (bool, string, error) {
+		down, unknown, err := k.Unrestartable(ctx, targets)
+		if err != nil {
+			return false, "", err
+		}
+		if len(down) > 0 {
+			return false, "not yet: " + strings.Join(down, ", "), nil
+		}
+		detail := fmt.Sprintf("the API server answers and has CPU to spare on %d node(s)", len(targets))
+		if len(unknown) > 0 {
+			detail = fmt.Sprintf("the API server answers on %d node(s); its CPU stall could not be measured on %s", len(targets), strings.Join(unknown, ", "))
+		}
+		return true, detail, nil
+	}, nil
 }
 
 func buildShedCheck(ctx context.Context, s *Session, a Args) (CheckFunc, error) {

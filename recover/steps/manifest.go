@@ -267,6 +267,30 @@ func (k *Manifest) checkLive(ctx context.Context, p *change.Plan) error {
 	for _, it := range p.Items {
 		ts = append(ts, it.Payload.(*ManifestChange).Target)
 	}
+	down, unknown, err := k.Unrestartable(ctx, ts)
+	if err != nil {
+		return err
+	}
+	if len(unknown) > 0 {
+		p.Notes = append(p.Notes, fmt.Sprintf("how starved of CPU the API server is could not be measured on %s: only /livez and /readyz were checked there", strings.Join(unknown, ", ")))
+	}
+	if len(down) == 0 {
+		return nil
+	}
+	if k.Force {
+		p.Notes = append(p.Notes, fmt.Sprintf("the API server does not answer or is starved of CPU now on %s: restarted anyway (--force); if the load that saturates it is still there, it may not come back", strings.Join(down, ", ")))
+		return nil
+	}
+	return change.Refusedf("the API server does not answer or is starved of CPU now on %s: a tune restarts it, and an API server saturated by its load is restarted into that same load, where it may never come back (kube-apiserver exits when a post-start hook times out, and kubelet starts it into the load again)\nhint: take the load off first (breakglass shed flowschema, breakglass pods hold) and tune once it answers and has CPU to spare; pass --force to restart it anyway (an API server down for another reason, which this tune fixes)", strings.Join(down, ", "))
+}
+
+// Unrestartable looks at the API server of each of ts on the node, its
+// /livez and /readyz and (when the watch can tell) its CPU stall, at
+// once: down names each node whose API server must not be restarted now,
+// "NODE (why)"; unknown each node whose stall could not be measured. A
+// tune is refused on the nodes in down (checkLive); the runbook check
+// apiserver-restartable waits until there are none.
+func (k *Manifest) Unrestartable(ctx context.Context, ts []nodeops.Target) (down, unknown []string, err error) {
 	type health struct {
 		live     apiprobe.Liveness
 		stall    apiprobe.CPUStall
@@ -275,7 +299,6 @@ func (k *Manifest) checkLive(ctx context.Context, p *change.Plan) error {
 	}
 	sw, _ := k.Watch.(StallWatch)
 	opts := fanout.OptionsOf[health]{Concurrency: max(k.Concurrency, 1), Timeout: k.CallTimeout}
-	var down, unknown []string
 	for _, r := range fanout.RunOf(ctx, ts, opts, func(ctx context.Context, t nodeops.Target) (health, error) {
 		var h health
 		done := make(chan struct{})
@@ -314,20 +337,7 @@ func (k *Manifest) checkLive(ctx context.Context, p *change.Plan) error {
 			down = append(down, fmt.Sprintf("%s (%s)", r.Target.Name, strings.Join(why, "; ")))
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if len(unknown) > 0 {
-		p.Notes = append(p.Notes, fmt.Sprintf("how starved of CPU the API server is could not be measured on %s: only /livez and /readyz were checked there", strings.Join(unknown, ", ")))
-	}
-	if len(down) == 0 {
-		return nil
-	}
-	if k.Force {
-		p.Notes = append(p.Notes, fmt.Sprintf("the API server does not answer or is starved of CPU now on %s: restarted anyway (--force); if the load that saturates it is still there, it may not come back", strings.Join(down, ", ")))
-		return nil
-	}
-	return change.Refusedf("the API server does not answer or is starved of CPU now on %s: a tune restarts it, and an API server saturated by its load is restarted into that same load, where it may never come back (kube-apiserver exits when a post-start hook times out, and kubelet starts it into the load again)\nhint: take the load off first (breakglass shed flowschema, breakglass pods hold) and tune once it answers and has CPU to spare; pass --force to restart it anyway (an API server down for another reason, which this tune fixes)", strings.Join(down, ", "))
+	return down, unknown, ctx.Err()
 }
 
 func (k *Manifest) read(ctx context.Context, targets []nodeops.Target) []fanout.ResultOf[*manifest.File] {
