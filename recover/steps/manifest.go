@@ -71,7 +71,7 @@ type StallWatch interface {
 // StarvedPercent is the CPU stall from which a node's API server counts
 // as starved: its threads that had work all waited for a CPU at least
 // this share of the time measured. Under the lab's overload incident it
-// was 85 to 95% at every cap searched (200m down), and 1 to 2% on the
+// was 85 to 99% at every cap searched (200m down), and 1 to 2% on the
 // healthy lab.
 const StarvedPercent = 50
 
