@@ -53,7 +53,7 @@ func main() {
 	// are its own.
 	serve := flag.Int("serve-sim", 0, "internal: serve N simulated nodes")
 	serveFrom := flag.Int("serve-from", 0, "internal: with -serve-sim, the first node served")
-	client := flag.String("sim-client", "", "internal: run one simulated scenario's client (raw, engine, engine-reuse or pods-stop) and print its result")
+	client := flag.String("sim-client", "", "internal: run one simulated scenario's client (raw, engine, engine-reuse, pods-stop or pods-no-ssh) and print its result")
 	helpers := flag.String("helpers", "", "internal: with -sim-client pods-stop, the `pids` of the simulated nodes' processes, whose CPU it reports")
 	labInventory := flag.String("lab-inventory", "", "compare on the sshd-only hosts (role ssh) of the lab whose inventory is `file` (breakglass lab up --ssh-hosts N) instead of sshd of the bench's own on loopback")
 	plain := flag.String("plain-client", "", "internal: run the plain x/crypto/ssh loop on the real sshd nodes listed in `file`")
@@ -74,12 +74,12 @@ func main() {
 	case *plain != "":
 		plainClient(*plain, *plainTuned)
 		return
-	case *client == podsMode:
+	case *client == podsMode || *client == podsNoSSHMode:
 		// The clients run with the collector breakglass sets for itself;
 		// the raw handshakes too, so that the ceiling is the handshakes'
 		// cost and not a collector the others do not have.
 		fanout.TuneGC()
-		podsClient(*dirFlag, *sim, *inflight, *cpuprofile, *helpers)
+		podsClient(*dirFlag, *sim, *inflight, *cpuprofile, *helpers, *client == podsNoSSHMode)
 		return
 	case *client != "":
 		fanout.TuneGC()

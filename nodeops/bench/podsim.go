@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -36,11 +37,19 @@ import (
 // ceiling is the raw handshake client of sim.go on the same nodes in the
 // same run.
 
-// podsMode is the -sim-client mode of the pods stop client.
-const podsMode = "pods-stop"
+// podsMode is the -sim-client mode of the pods stop client; podsNoSSHMode
+// runs the same client without SSH, with the fake containerd in its own
+// process (podsClient).
+const (
+	podsMode      = "pods-stop"
+	podsNoSSHMode = "pods-no-ssh"
+)
 
 // podsNamespace is what the benchmark stops: each node's telemetry agent.
 const podsNamespace = "telemetry"
+
+// noSSHRun is the table's name of the runs without SSH.
+const noSSHRun = "apply without SSH (containerd in-process)"
 
 // podsResult is what a pods stop client reports: each phase as a
 // simResult of its own (its wall time, CPU, and the peaks within it).
@@ -58,7 +67,14 @@ type podsResult struct {
 
 // podsClient is the client process of a pods stop run on n simulated
 // nodes; it prints a podsResult.
-func podsClient(dir string, n, inflight int, profile, helpers string) {
+//
+// With noSSH, the nodes' containerd is a fakeCRI in this process, reached
+// over a socket pair per connection instead of an SSH forward: the same
+// stop (the change engine, the journal, the gRPC connection, the CRI calls
+// and the fake's answers) without SSH. Its CPU is what a stop adds to a
+// handshake, on both sides: the least the stop path can cost above the
+// ceiling.
+func podsClient(dir string, n, inflight int, profile, helpers string, noSSH bool) {
 	// A forward's connection per node in flight, each plan and apply.
 	raiseNoFile(uint64(4*inflight + 4096))
 	ctx := context.Background()
@@ -68,15 +84,17 @@ func podsClient(dir string, n, inflight int, profile, helpers string) {
 	check(err)
 	defer c.Close()
 	// As newPodsRun wires it for a fleet past keepConnectionsUpTo.
+	dial := func(ctx context.Context, t nodeops.Target) (net.Conn, error) {
+		return c.DialUnix(ctx, t, pods.DefaultSocket, sshclient.UnixForward)
+	}
+	if noSSH {
+		f := newFakeCRI(n)
+		defer f.Close()
+		dial = func(_ context.Context, t nodeops.Target) (net.Conn, error) { return noSSHDial(f, t) }
+	}
 	k := &steps.Pods{
 		Connect: func(ctx context.Context, t nodeops.Target) (*pods.Node, string, error) {
-			nd, err := pods.Connect(ctx, t.Name, func(ctx context.Context) (net.Conn, error) {
-				uc, err := c.DialUnix(ctx, t, pods.DefaultSocket, sshclient.UnixForward)
-				if err != nil {
-					return nil, err
-				}
-				return uc, nil
-			})
+			nd, err := pods.Connect(ctx, t.Name, func(ctx context.Context) (net.Conn, error) { return dial(ctx, t) })
 			if err != nil {
 				return nil, "", err
 			}
@@ -164,6 +182,47 @@ func podsClient(dir string, n, inflight int, profile, helpers string) {
 		}
 	}
 	check(json.NewEncoder(os.Stdout).Encode(res))
+}
+
+// noSSHConn is the fake containerd's end of a connection without SSH. Its local
+// address is the simulated node's, as that of the SSH connection a
+// forward comes through, so that fakeCRI tells the nodes apart.
+type noSSHConn struct {
+	net.Conn
+	local net.Addr
+}
+
+func (c noSSHConn) LocalAddr() net.Addr { return c.local }
+
+// noSSHDial connects to f as node t over a socket pair: kernel sockets,
+// as the forward to containerd's socket is on a node.
+func noSSHDial(f *fakeCRI, t nodeops.Target) (net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		file := os.NewFile(uintptr(fd), "no-ssh")
+		conns[i], err = net.FileConn(file)
+		file.Close()
+		if err != nil {
+			if i == 0 {
+				syscall.Close(fds[1])
+			} else {
+				conns[0].Close()
+			}
+			return nil, err
+		}
+	}
+	ip := net.ParseIP(t.Address)
+	if _, ok := simIndex(ip); !ok {
+		conns[0].Close()
+		conns[1].Close()
+		return nil, fmt.Errorf("%s: %s is not a simulated node's address", t.Name, t.Address)
+	}
+	go f.StreamLocal(pods.DefaultSocket, noSSHConn{Conn: conns[1], local: &net.TCPAddr{IP: ip, Port: 2222}})
+	return conns[0], nil
 }
 
 // checkPlan says what is wrong with a plan: each node that answered
@@ -319,12 +378,17 @@ func (m *meter) close() {
 	m.wg.Wait()
 }
 
-// runPodsClient runs a pods stop client in a fresh process.
-func runPodsClient(h *simHelper, dir string, n, inflight int, profile string) podsResult {
+// runPodsClient runs a pods stop client in a fresh process: mode is
+// podsMode, or podsNoSSHMode (then h is nil).
+func runPodsClient(mode string, h *simHelper, dir string, n, inflight int, profile string) podsResult {
 	self, err := os.Executable()
 	check(err)
-	cmd := exec.Command(self, "-sim-client", podsMode, "-dir", dir, "-sim", strconv.Itoa(n), "-inflight", strconv.Itoa(inflight),
-		"-cpuprofile", profile, "-helpers", h.pids())
+	helpers := ""
+	if h != nil {
+		helpers = h.pids()
+	}
+	cmd := exec.Command(self, "-sim-client", mode, "-dir", dir, "-sim", strconv.Itoa(n), "-inflight", strconv.Itoa(inflight),
+		"-cpuprofile", profile, "-helpers", helpers)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	check(err)
@@ -332,26 +396,27 @@ func runPodsClient(h *simHelper, dir string, n, inflight int, profile string) po
 	check(json.Unmarshal(out, &r))
 	for _, ph := range []simResult{r.Plan, r.Apply} {
 		if ph.OK < ph.Nodes {
-			fmt.Fprintf(os.Stderr, "%s %s: %d of %d nodes not ok; first error: %s\n", podsMode, ph.Name, ph.Nodes-ph.OK, ph.Nodes, ph.FirstErr)
+			fmt.Fprintf(os.Stderr, "%s %s: %d of %d nodes not ok; first error: %s\n", mode, ph.Name, ph.Nodes-ph.OK, ph.Nodes, ph.FirstErr)
 		}
-		fmt.Fprintf(os.Stderr, "  %s %s: %d/%d ok in %s, %.0f nodes/s, peak RSS %.0f MiB\n", podsMode, ph.Name, ph.OK, ph.Nodes,
+		fmt.Fprintf(os.Stderr, "  %s %s: %d/%d ok in %s, %.0f nodes/s, peak RSS %.0f MiB\n", mode, ph.Name, ph.OK, ph.Nodes,
 			ph.Wall.Round(time.Millisecond), ph.rate(), float64(ph.PeakRSSTotal)/1024)
 	}
-	fmt.Fprintf(os.Stderr, "  %s: journal %.1f MiB\n", podsMode, float64(r.JournalBytes)/(1<<20))
+	fmt.Fprintf(os.Stderr, "  %s: journal %.1f MiB\n", mode, float64(r.JournalBytes)/(1<<20))
 	if r.Stopped != r.Apply.OK {
-		fmt.Fprintf(os.Stderr, "%s: %d nodes applied, %d of them stopped their pod\n", podsMode, r.Apply.OK, r.Stopped)
+		fmt.Fprintf(os.Stderr, "%s: %d nodes applied, %d of them stopped their pod\n", mode, r.Apply.OK, r.Stopped)
 	}
 	if r.Check != "" {
-		fmt.Fprintf(os.Stderr, "%s: check: %s\n", podsMode, r.Check)
+		fmt.Fprintf(os.Stderr, "%s: check: %s\n", mode, r.Check)
 	}
 	return r
 }
 
 // podsRun is one size's rounds.
 type podsRun struct {
-	n    int
-	raw  []simResult
-	runs []podsResult
+	n     int
+	raw   []simResult
+	runs  []podsResult
+	noSSH []podsResult
 }
 
 // whole is a round's plan and apply as one run: the command as the
@@ -389,15 +454,24 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 				if prof != "" {
 					h.profile(prof)
 				}
-				pr.runs = append(pr.runs, runPodsClient(h, dir, n, inflight, prof))
+				pr.runs = append(pr.runs, runPodsClient(podsMode, h, dir, n, inflight, prof))
 				if prof != "" {
 					h.profile("")
 				}
 			}
+			noSSH := func() {
+				prof := ""
+				if profile != "" {
+					prof = fmt.Sprintf("%s-pods-%d-r%d-nossh", profile, n, round+1)
+				}
+				pr.noSSH = append(pr.noSSH, runPodsClient(podsNoSSHMode, nil, dir, n, inflight, prof))
+			}
 			if round%2 == 0 {
 				raw()
 				stop()
+				noSSH()
 			} else {
+				noSSH()
 				stop()
 				raw()
 			}
@@ -416,10 +490,13 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 	line := func(name string, rs []simResult, ceiling float64) {
 		s := summarizeSim(rs)
 		rate := medianRate(rs)
+		nodesCPU := perNode(benchstat.Median(collect(rs, func(r simResult) time.Duration { return r.ServerCPU })), s.Nodes)
+		if name == noSSHRun {
+			nodesCPU = "in the client's"
+		}
 		fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%s\t%s\t%.0f\t%.0f%%\t%s\t%.1f MiB\t%d\t%d\t%s\t\n", name, s.Nodes, s.okMin, s.Nodes,
 			s.Wall.Round(time.Millisecond), s.wallMin.Round(time.Millisecond), rate, 100*rate/ceiling, perNode(s.CPU, s.Nodes),
-			float64(benchstat.Median(collect(rs, func(r simResult) int64 { return r.PeakRSSTotal })))/1024, s.PeakConns, s.PeakG,
-			perNode(benchstat.Median(collect(rs, func(r simResult) time.Duration { return r.ServerCPU })), s.Nodes))
+			float64(benchstat.Median(collect(rs, func(r simResult) int64 { return r.PeakRSSTotal })))/1024, s.PeakConns, s.PeakG, nodesCPU)
 	}
 	for _, pr := range all {
 		c := medianRate(pr.raw)
@@ -427,12 +504,15 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 		line("pods stop: plan (connect, CRI list)", collect(pr.runs, func(r podsResult) simResult { return r.Plan }), c)
 		line("pods stop: apply (connect, CRI list, stop)", collect(pr.runs, func(r podsResult) simResult { return r.Apply }), c)
 		line("pods stop: plan + apply", collect(pr.runs, podsResult.whole), c)
+		line(noSSHRun, collect(pr.noSSH, func(r podsResult) simResult { return r.Apply }), c)
 	}
 	tw.Flush()
 	fmt.Println("\nnodes ok: the fewest of any round. nodes/s: the median of the rounds' own; vs ceiling: of the medians of nodes/s, against the")
 	fmt.Println("raw handshakes at the same size. peak RSS: the client process's whole resident set at its highest in the phase (VmHWM),")
 	fmt.Println("the median of the rounds. peak conns: SSH connections open at once, since the client started. nodes' CPU/node: the")
 	fmt.Println("simulated nodes' processes (SSH server and fake containerd), which share the machine's CPUs with the client.")
+	fmt.Println("apply without SSH: the apply again, its client reaching a fake containerd in its own process over a socket pair per")
+	fmt.Println("connection; its client CPU/node is both sides' of what a stop adds to a handshake (engine, journal, gRPC, CRI calls).")
 
 	fmt.Println("\ntargets (issue 9):")
 	bigRun := false
@@ -448,6 +528,14 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 		fmt.Printf("                the CPU per node behind it: client %s (raw handshakes %s, %.2fx), simulated nodes %s (raw %s, %.2fx)\n",
 			perNode(a.CPU, a.Nodes), perNode(c.CPU, c.Nodes), ratio(a.CPU, c.CPU), perNode(srv(apply), a.Nodes), perNode(srv(pr.raw), c.Nodes),
 			ratio(srv(apply), srv(pr.raw)))
+		if len(pr.noSSH) > 0 {
+			fl := summarizeSim(collect(pr.noSSH, func(r podsResult) simResult { return r.Apply }))
+			hs := (c.CPU + srv(pr.raw)) / time.Duration(max(c.Nodes, 1))
+			add := fl.CPU / time.Duration(max(fl.Nodes, 1))
+			fmt.Printf("                what a stop adds to a handshake (the apply without SSH): %s per node, client and containerd; with the raw handshakes' %s\n"+
+				"                (client and nodes), a stop on CPUs its nodes share reaches at most about %.0f%% of the ceiling\n",
+				perNode(fl.CPU, fl.Nodes), perNode(c.CPU+srv(pr.raw), c.Nodes), 100*float64(hs)/float64(hs+add))
+		}
 		okMin := pr.n
 		var peak int64
 		var checks []string
@@ -456,6 +544,11 @@ func benchPods(dir string, sizes []int, inflight, rounds int, profile string) {
 			peak = max(peak, r.whole().PeakRSSTotal)
 			if r.Check != "" {
 				checks = append(checks, r.Check)
+			}
+		}
+		for _, r := range pr.noSSH {
+			if r.Check != "" || r.Stopped != pr.n {
+				checks = append(checks, fmt.Sprintf("without SSH: %d of %d stopped; %s", r.Stopped, pr.n, r.Check))
 			}
 		}
 		if pr.n >= 65000 {
