@@ -335,3 +335,42 @@ func TestOverloadCapRemembered(t *testing.T) {
 		}
 	}
 }
+
+// TestCalmWatch: a cap is given up as calm only after calmAfter under it,
+// with every probe of the last calmFor within the SLO; a probe with a miss
+// starts the calm run again.
+func TestCalmWatch(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	w := calmWatch{start: t0}
+	// Calm from the first probe: not before calmAfter (20 s).
+	for s := 0.0; s < 18; s += 2 {
+		if w.observe(at(s), at(s+1), true) {
+			t.Fatalf("calm at %.0fs, before %s under the cap", s+1, calmAfter)
+		}
+	}
+	// A miss at 18 s: the calm run starts again at 20 s, and must last
+	// calmFor (15 s) before the cap is calm.
+	if w.observe(at(18), at(19), false) {
+		t.Fatal("calm on a probe with a miss")
+	}
+	for s := 20.0; s < 34; s += 2 {
+		if w.observe(at(s), at(s+1), true) {
+			t.Fatalf("calm at %.0fs, %.0fs after the last miss", s+1, s+1-20)
+		}
+	}
+	if !w.observe(at(34), at(35), true) {
+		t.Fatalf("not calm at 35s: calm since 20s, %s under the cap", 35*time.Second)
+	}
+	// From the start, calm throughout: calm at calmAfter.
+	w = calmWatch{start: t0}
+	calmAt := 0.0
+	for s := 0.0; s < 60 && calmAt == 0; s += 2 {
+		if w.observe(at(s), at(s+1), true) {
+			calmAt = s + 1
+		}
+	}
+	if calmAt != 21 {
+		t.Errorf("calm from the start: given up at %.0fs, want 21s (the first probe answered after %s)", calmAt, calmAfter)
+	}
+}
