@@ -184,9 +184,10 @@ func podsClient(dir string, n, inflight int, profile, helpers string, noSSH bool
 	check(json.NewEncoder(os.Stdout).Encode(res))
 }
 
-// noSSHConn is the fake containerd's end of a connection without SSH. Its local
-// address is the simulated node's, as that of the SSH connection a
-// forward comes through, so that fakeCRI tells the nodes apart.
+// noSSHConn is the fake containerd's end of a connection without SSH.
+// Its local address is the simulated node's, as that of the SSH
+// connection a forward comes through, so that fakeCRI tells the nodes
+// apart.
 type noSSHConn struct {
 	net.Conn
 	local net.Addr
@@ -197,6 +198,10 @@ func (c noSSHConn) LocalAddr() net.Addr { return c.local }
 // noSSHDial connects to f as node t over a socket pair: kernel sockets,
 // as the forward to containerd's socket is on a node.
 func noSSHDial(f *fakeCRI, t nodeops.Target) (net.Conn, error) {
+	ip := net.ParseIP(t.Address)
+	if _, ok := simIndex(ip); !ok {
+		return nil, fmt.Errorf("%s: %s is not a simulated node's address", t.Name, t.Address)
+	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -214,12 +219,6 @@ func noSSHDial(f *fakeCRI, t nodeops.Target) (net.Conn, error) {
 			}
 			return nil, err
 		}
-	}
-	ip := net.ParseIP(t.Address)
-	if _, ok := simIndex(ip); !ok {
-		conns[0].Close()
-		conns[1].Close()
-		return nil, fmt.Errorf("%s: %s is not a simulated node's address", t.Name, t.Address)
 	}
 	go f.StreamLocal(pods.DefaultSocket, noSSHConn{Conn: conns[1], local: &net.TCPAddr{IP: ip, Port: 2222}})
 	return conns[0], nil
