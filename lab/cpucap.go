@@ -1,9 +1,7 @@
 package lab
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -67,41 +65,4 @@ func capCPU(name string, pid, millis int) error {
 		}
 	}
 	return nil
-}
-
-// cpuCapOf returns the CPU cap, in thousandths of a CPU, that process pid
-// has in the cgroup name: 0 when it is not in that cgroup, or the cgroup
-// has no quota.
-func cpuCapOf(name string, pid int) (int, error) {
-	if name == "" {
-		return 0, nil
-	}
-	hier, v2, err := cpuHierarchy()
-	if err != nil {
-		return 0, err
-	}
-	dir := filepath.Join(hier, name)
-	procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	if !slices.Contains(strings.Fields(string(procs)), strconv.Itoa(pid)) {
-		return 0, nil
-	}
-	file := "cpu.cfs_quota_us"
-	if v2 {
-		file = "cpu.max"
-	}
-	b, err := os.ReadFile(filepath.Join(dir, file))
-	if err != nil {
-		return 0, err
-	}
-	quota, err := strconv.Atoi(strings.Fields(string(b))[0])
-	if err != nil || quota <= 0 {
-		return 0, nil // "max" or -1: no quota
-	}
-	return quota * 1000 / cpuPeriodUs, nil
 }
