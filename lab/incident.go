@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -216,11 +215,11 @@ func (l *Lab) OverloadWith(ctx context.Context, log io.Writer, opts OverloadOpti
 	// evidence is far from saturation; one from a cap that saturated this
 	// lab before waits its whole minute and takes all three series at
 	// each cap.
-	giveUpCalm := opts.CPUMillis == 0
+	giveUpEarly := opts.CPUMillis == 0
 	if opts.CPUMillis > 0 {
 		caps = []int{opts.CPUMillis}
 	} else if last := l.lastOverloadCap(); last > 0 {
-		giveUpCalm = false
+		giveUpEarly = false
 		i := slices.Index(overloadCaps, last)
 		caps = overloadCaps[i:]
 		logf("the last overload incident in this lab saturated the apiserver at %dm: starting there (%s)", last, l.overloadCapFile())
@@ -232,7 +231,7 @@ func (l *Lab) OverloadWith(ctx context.Context, log io.Writer, opts OverloadOpti
 			return res, err
 		}
 		logf("letting the load build until an ordinary user's requests miss the %s SLO", SLO)
-		err := l.waitSaturated(ctx, loadTimeout, giveUpCalm)
+		err := l.waitSaturated(ctx, loadTimeout, giveUpEarly)
 		if opts.CPUMillis > 0 {
 			// One cap, saturated or not: the evidence is what it is.
 			if err != nil {
@@ -245,7 +244,7 @@ func (l *Lab) OverloadWith(ctx context.Context, log io.Writer, opts OverloadOpti
 			break
 		}
 		if err == nil {
-			res.After, err = l.saturatedEvidence(ctx, logf, cpu, giveUpCalm)
+			res.After, err = l.saturatedEvidence(ctx, logf, cpu, giveUpEarly)
 		}
 		if err == nil {
 			res.CPUMillis = cpu
@@ -346,14 +345,11 @@ func (w *calmWatch) observe(probed, now time.Time, calm bool) bool {
 	return now.Sub(w.start) >= calmAfter && now.Sub(w.since) >= calmFor
 }
 
-// errCalm is waitSaturated's answer for a cap given up as calm.
-var errCalm = errors.New("calm")
-
 // waitSaturated waits until an ordinary user's requests miss the SLO: of
 // three in a row, at least two answer slower than the SLO, time out, or
 // are refused. It asks as the oncall user, whom nothing exempts. With
-// giveUpCalm it returns errCalm for a calm cap (calmWatch).
-func (l *Lab) waitSaturated(ctx context.Context, timeout time.Duration, giveUpCalm bool) error {
+// giveUpEarly it gives up a calm cap (calmWatch).
+func (l *Lab) waitSaturated(ctx context.Context, timeout time.Duration, giveUpEarly bool) error {
 	var last Probe
 	var perr error
 	cw := calmWatch{start: time.Now()}
@@ -365,14 +361,14 @@ func (l *Lab) waitSaturated(ctx context.Context, timeout time.Duration, giveUpCa
 			return false // the deadline, mid-probe: keep the last full probe
 		}
 		last, perr = p, err
-		if calm = cw.observe(probed, time.Now(), perr == nil && last.Missed() == 0) && giveUpCalm; calm {
+		if calm = cw.observe(probed, time.Now(), perr == nil && last.Missed() == 0) && giveUpEarly; calm {
 			return true
 		}
 		return perr == nil && last.Missed() >= 2
 	})
 	if err == nil && calm {
-		return fmt.Errorf("%w: every request of the oncall user for %s answered within the %s SLO after %s under the cap: the last 3: p50 %s",
-			errCalm, time.Since(cw.since).Round(time.Second), SLO, time.Since(cw.start).Round(time.Second), last.P50.Round(time.Millisecond))
+		return fmt.Errorf("calm: every request of the oncall user for %s answered within the %s SLO after %s under the cap: the last 3: p50 %s",
+			time.Since(cw.since).Round(time.Second), SLO, time.Since(cw.start).Round(time.Second), last.P50.Round(time.Millisecond))
 	}
 	if err == errTimeout {
 		if perr != nil {
@@ -393,9 +389,9 @@ func (p Probe) Missed() int { return p.Requests - p.OK + p.Slow }
 // not, so a series that falls short is logged and taken again, up to
 // three series (at 25m, on a fast machine two series in a row fell just
 // short: 7 and 8 of 20); then the last series and an
-// error that says what it saw. With giveUpCalm, a series in which fewer
+// error that says what it saw. With giveUpEarly, a series in which fewer
 // than a quarter missed ends it at once.
-func (l *Lab) saturatedEvidence(ctx context.Context, logf func(string, ...any), cpu int, giveUpCalm bool) (Probe, error) {
+func (l *Lab) saturatedEvidence(ctx context.Context, logf func(string, ...any), cpu int, giveUpEarly bool) (Probe, error) {
 	const series = 3
 	var p Probe
 	for i := 0; i < series; i++ {
@@ -407,7 +403,7 @@ func (l *Lab) saturatedEvidence(ctx context.Context, logf func(string, ...any), 
 			return p, nil
 		}
 		logf("only %d of %d requests missed the %s SLO at %dm (p50 %s)", p.Missed(), p.Requests, SLO, cpu, p.P50.Round(time.Millisecond))
-		if giveUpCalm && 4*p.Missed() < p.Requests {
+		if giveUpEarly && 4*p.Missed() < p.Requests {
 			// Far from the edge, where a series falls a request or
 			// two short of half: the next series will not reach it.
 			return p, fmt.Errorf("fewer than a quarter of 20 requests missed the %s SLO: %s", SLO, p)
